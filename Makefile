@@ -1,0 +1,67 @@
+# ImageClassifier — common tasks. `make help` lists them.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export CARGO_BUILD_JOBS ?= 2
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+PYTHON ?= python3
+MODELS ?= models
+RELEASE_BIN := $(CARGO_TARGET_DIR)/release
+
+# Pretrained ResNet50 (torchvision layout, exported by the ONNX model zoo, opset 17).
+RESNET50_URL ?= https://github.com/onnx/models/raw/main/Computer_Vision/resnet50_Opset17_torch_hub/resnet50_Opset17.onnx
+RESNET50_SHA256 := eb6eabe74f278fb55336e49e639b2367dda69f6f3b0d86dea7ffa9d55e6a0939
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install what the tests need (Python reference packages)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r inference/scripts/requirements.txt
+
+.PHONY: build
+build: ## release build of every binary
+	cargo build --release --workspace
+
+.PHONY: fmt
+fmt: ## format the code
+	cargo fmt --all
+
+.PHONY: lint
+lint: ## formatting check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: test
+test: deps lint ## everything CI checks: fmt, clippy, all tests
+	cargo test --workspace
+
+.PHONY: model
+model: ## fetch + import pretrained ResNet50 into $(MODELS)/ (OFFLINE=1: random weights, no internet)
+	mkdir -p $(MODELS)
+ifeq ($(OFFLINE),1)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check onnx numpy
+	$(PYTHON) inference/scripts/make_resnet_onnx.py --arch resnet50 --out $(MODELS)/resnet50.onnx
+else
+	@if ! echo "$(RESNET50_SHA256)  $(MODELS)/resnet50.onnx" | sha256sum --check --status 2>/dev/null; then \
+	  echo "downloading $(RESNET50_URL)"; \
+	  curl -fL --retry 3 -o $(MODELS)/resnet50.onnx.part "$(RESNET50_URL)" && \
+	  echo "$(RESNET50_SHA256)  $(MODELS)/resnet50.onnx.part" | sha256sum --check && \
+	  mv $(MODELS)/resnet50.onnx.part $(MODELS)/resnet50.onnx; \
+	fi
+endif
+	cargo build --release -p inference
+	$(RELEASE_BIN)/inference import $(MODELS)/resnet50.onnx --name resnet50 --labels imagenet
+
+.PHONY: serve
+serve: ## run the inference server on :8080 with the model from `make model`
+	cargo build --release -p inference
+	$(RELEASE_BIN)/inference serve --listen 0.0.0.0:8080 --model $(MODELS)
+
+.PHONY: bench
+bench: deps ## model-only speed: burn vs ONNX Runtime on the same ONNX file, same machine
+	cargo build --release -p inference
+	$(RELEASE_BIN)/inference bench --model $(MODELS) --batch-sizes 1,8,32
+	$(PYTHON) inference/scripts/bench_ort.py $(MODELS)/resnet50.onnx --batch-sizes 1,8,32

@@ -1,0 +1,115 @@
+//! `inference bench`: forward-pass latency and throughput of the model alone (no HTTP, no
+//! decoding), at several batch sizes, on the chosen device. Rerunnable by anyone to compare
+//! backends or model-layer optimisations; the HTTP-level capacity is measured with loadgen.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::commands::load_model;
+use crate::config::BenchArgs;
+use crate::model::InputImage;
+
+/// Timings of one batch size.
+#[derive(Debug, Serialize)]
+pub struct BenchRow {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Median forward-pass time, milliseconds.
+    pub median_ms: f64,
+    /// 99th percentile (nearest rank), milliseconds.
+    pub p99_ms: f64,
+    /// Fastest pass, milliseconds.
+    pub min_ms: f64,
+    /// Images per second at the median.
+    pub images_per_s: f64,
+}
+
+/// Runs the benchmark and prints a table (or JSON).
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model, args.name.as_deref())?;
+    let size = model.spec().preprocess.input_size;
+    let mut rows = Vec::new();
+    for &batch in &args.batch_sizes {
+        anyhow::ensure!(batch >= 1, "batch sizes must be at least 1");
+        let images: Vec<InputImage> = (0..batch).map(|i| pseudo_image(size, i)).collect();
+        for _ in 0..args.warmup {
+            model.infer(&images)?;
+        }
+        let mut times = Vec::with_capacity(args.iterations as usize);
+        for _ in 0..args.iterations {
+            let started = Instant::now();
+            model.infer(&images)?;
+            times.push(started.elapsed());
+        }
+        rows.push(summarise(batch, &mut times));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "model": model.name(),
+                "device": model.device_choice(),
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "results": rows,
+            }))?
+        );
+    } else {
+        println!("model {} on {}", model.name(), model.device_choice());
+        println!(
+            "{:>6} {:>11} {:>11} {:>11} {:>10}",
+            "batch", "median ms", "p99 ms", "min ms", "images/s"
+        );
+        for r in &rows {
+            println!(
+                "{:>6} {:>11.1} {:>11.1} {:>11.1} {:>10.1}",
+                r.batch, r.median_ms, r.p99_ms, r.min_ms, r.images_per_s
+            );
+        }
+    }
+    Ok(())
+}
+
+fn summarise(batch: usize, times: &mut [Duration]) -> BenchRow {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let median = ms(times[times.len() / 2]);
+    let p99_rank = ((times.len() as f64) * 0.99).ceil() as usize;
+    BenchRow {
+        batch,
+        median_ms: median,
+        p99_ms: ms(times[p99_rank.clamp(1, times.len()) - 1]),
+        min_ms: ms(times[0]),
+        images_per_s: batch as f64 / (median / 1e3),
+    }
+}
+
+/// Deterministic, varied input in the normalised range (the speed of a CNN does not depend on
+/// pixel values, but constant inputs could flatter a backend that special-cases them).
+fn pseudo_image(size: u32, seed: usize) -> InputImage {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ seed as u64;
+    let data = (0..3 * (size * size) as usize)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 4000) as f32 / 1000.0 - 2.0
+        })
+        .collect();
+    InputImage { size, data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_uses_median_and_nearest_rank_p99() {
+        let mut times: Vec<Duration> = (1..=10).map(|i| Duration::from_millis(i * 10)).collect();
+        let row = summarise(4, &mut times);
+        assert_eq!(row.median_ms, 60.0);
+        assert_eq!(row.p99_ms, 100.0);
+        assert_eq!(row.min_ms, 10.0);
+        assert!((row.images_per_s - 4.0 / 0.06).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,147 @@
+//! `inference classify` and `inference import`: the command-line uses of a model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::config::{ClassifyArgs, ImportArgs, ModelArgs};
+use crate::model::spec::IMAGENET_LABELS;
+use crate::model::{Classifier, ModelSpec, Preprocess, find_specs, sha256_file};
+
+/// Loads the model called `name` (or the first one) from `--model`.
+pub fn load_model(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<Classifier> {
+    let specs = find_specs(&args.model)?;
+    let path = match name {
+        None => specs[0].clone(),
+        Some(name) => {
+            let mut names = Vec::new();
+            let mut found = None;
+            for path in &specs {
+                let (spec, _) = ModelSpec::read(path)?;
+                if spec.name == name {
+                    found = Some(path.clone());
+                    break;
+                }
+                names.push(spec.name);
+            }
+            found.with_context(|| {
+                format!(
+                    "no model named '{name}' in {} (found: {})",
+                    args.model.display(),
+                    names.join(", ")
+                )
+            })?
+        }
+    };
+    Classifier::load(&path, args.device).with_context(|| format!("loading {}", path.display()))
+}
+
+/// Prints the top-k classes of each image.
+pub fn classify(args: &ClassifyArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model, args.name.as_deref())?;
+    if args.top_k == 0 || args.top_k > model.labels().len() {
+        bail!("--top-k must be between 1 and {}", model.labels().len());
+    }
+    let mut images = Vec::new();
+    for path in &args.images {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        images.push(
+            model
+                .preprocess(&bytes)
+                .with_context(|| path.display().to_string())?,
+        );
+    }
+    let rows = model.infer(&images)?;
+    let mut report = Vec::new();
+    for (path, row) in args.images.iter().zip(&rows) {
+        let predictions = model.top_k(row, args.top_k);
+        if args.json {
+            report.push(serde_json::json!({ "image": path, "predictions": predictions }));
+        } else {
+            println!("{}", path.display());
+            for p in predictions {
+                println!(
+                    "  {:>6.2}%  {:>4}  {}",
+                    p.score * 100.0,
+                    p.class_id,
+                    p.label
+                );
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Validates an ONNX classifier by loading and running it, then writes `<name>.json` beside it.
+pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    let onnx = &args.onnx;
+    if !onnx.is_file() {
+        bail!("{} does not exist or is not a file", onnx.display());
+    }
+    let dir = match onnx.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => onnx
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("cannot derive a model name from the file name; pass --name")?
+            .to_string(),
+    };
+    let labels = labels_beside(&args.labels, &dir, &name)?;
+    let spec = ModelSpec {
+        name: name.clone(),
+        onnx: PathBuf::from(onnx.file_name().context("ONNX path has no file name")?),
+        sha256: Some(sha256_file(onnx)?),
+        preprocess: Preprocess {
+            input_size: args.input_size,
+            resize_shorter: args.resize_shorter,
+            mean: [args.mean[0], args.mean[1], args.mean[2]],
+            std: [args.std[0], args.std[1], args.std[2]],
+        },
+        labels,
+    };
+    spec.validate()?;
+    let label_list = spec.load_labels(&dir)?;
+    let model = Classifier::from_parts(spec.clone(), onnx, label_list, args.device)
+        .with_context(|| format!("{} cannot be served", onnx.display()))?;
+    let out = dir.join(format!("{name}.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(&spec)? + "\n")
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "imported '{}' ({} classes, input {}×{}) → {}",
+        model.name(),
+        model.labels().len(),
+        args.input_size,
+        args.input_size,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Label files must sit beside the description so the model folder is self-contained.
+fn labels_beside(labels: &str, dir: &Path, name: &str) -> anyhow::Result<String> {
+    if labels == IMAGENET_LABELS {
+        return Ok(labels.to_string());
+    }
+    let source = PathBuf::from(labels);
+    let canonical_parent = |p: &Path| {
+        p.canonicalize()
+            .ok()
+            .and_then(|c| c.parent().map(Path::to_path_buf))
+    };
+    if source.is_file() && canonical_parent(&source) == dir.canonicalize().ok() {
+        let file_name = source.file_name().context("label path has no file name")?;
+        return Ok(file_name.to_string_lossy().into_owned());
+    }
+    let file_name = format!("{name}.labels.txt");
+    std::fs::copy(&source, dir.join(&file_name))
+        .with_context(|| format!("cannot copy labels from {}", source.display()))?;
+    Ok(file_name)
+}

@@ -1,0 +1,174 @@
+//! Command-line interface. Every flag can also be set with an `INFERENCE_*` environment
+//! variable, which is how the Kubernetes manifests configure the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::DeviceChoice;
+
+/// ResNet50 (and other ONNX image classifiers) served with burn.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "INFERENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (`/v1/classify`, `/v2/...`, `/metrics`).
+    Serve(ServeArgs),
+    /// Classify image files and print the top classes.
+    Classify(ClassifyArgs),
+    /// Measure latency and throughput of the model alone at several batch sizes.
+    Bench(BenchArgs),
+    /// Check an ONNX classifier and write the model description the server loads.
+    Import(ImportArgs),
+}
+
+/// Where the model comes from and what runs it; shared by every subcommand that loads one.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model description (`*.json`, written by `inference import`) or a folder of them.
+    #[arg(long, env = "INFERENCE_MODEL", default_value = "models")]
+    pub model: PathBuf,
+    /// Backend: burn's flex CPU backend, or a GPU when built with `--features wgpu|cuda`.
+    #[arg(long, env = "INFERENCE_DEVICE", value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+/// `inference serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "INFERENCE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Model used when a request names none (`?model=`). With one model loaded, that one.
+    #[arg(long, env = "INFERENCE_DEFAULT_MODEL", default_value = "resnet50")]
+    pub default_model: String,
+    /// Most images per forward pass.
+    #[arg(long, env = "INFERENCE_MAX_BATCH", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_batch: u16,
+    /// Longest a request waits for others to fill its batch, in milliseconds.
+    #[arg(long, env = "INFERENCE_MAX_DELAY_MS", default_value_t = 5)]
+    pub max_delay_ms: u64,
+    /// Requests allowed to wait for the model; beyond this the server answers 503.
+    #[arg(long, env = "INFERENCE_QUEUE_CAPACITY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+    /// A request not answered after this many milliseconds gets 504.
+    #[arg(long, env = "INFERENCE_REQUEST_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "INFERENCE_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// On SIGTERM, how long to wait for in-flight requests before exiting anyway, in seconds.
+    #[arg(long, env = "INFERENCE_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+}
+
+impl ServeArgs {
+    /// Batching settings derived from the flags.
+    pub fn batch_config(&self) -> crate::batcher::BatchConfig {
+        crate::batcher::BatchConfig {
+            max_batch: usize::from(self.max_batch),
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            queue_capacity: self.queue_capacity as usize,
+        }
+    }
+
+    /// Per-request limits derived from the flags.
+    pub fn limits(&self) -> crate::state::Limits {
+        crate::state::Limits {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+}
+
+/// `inference classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Image files (JPEG, PNG, WebP, GIF, BMP).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Which model of the folder to use (by name); default: the first.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `inference bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Which model of the folder to use (by name); default: the first.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batch_sizes: Vec<usize>,
+    /// Timed forward passes per batch size.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: u32,
+    /// Untimed forward passes first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `inference import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The ONNX classifier (input `[N, 3, S, S]`, output `[N, classes]`).
+    pub onnx: PathBuf,
+    /// Model name in URLs and metrics; default: the file name without extension.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `imagenet` (built-in ImageNet-1k names) or a label file, one label per line.
+    #[arg(long, default_value = "imagenet")]
+    pub labels: String,
+    /// Side of the square network input.
+    #[arg(long, default_value_t = 224)]
+    pub input_size: u32,
+    /// The shorter side is resized to this before the centre crop.
+    #[arg(long, default_value_t = 256)]
+    pub resize_shorter: u32,
+    /// Per-channel mean (RGB, in [0, 1] units).
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.485, 0.456, 0.406])]
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (RGB).
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.229, 0.224, 0.225])]
+    pub std: Vec<f32>,
+    /// Backend used to check that the model runs.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
