@@ -15,17 +15,29 @@ use crate::metrics::Metrics;
 use crate::model::{Classifier, find_specs};
 use crate::state::{AppState, ModelEntry, Models};
 
-/// Runs the server until a shutdown signal and the drain that follows.
+/// Runs the server until SIGTERM/SIGINT and the drain that follows.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(address = %args.listen, "listening; loading models");
+    let grace = Duration::from_secs(args.shutdown_grace_s);
+    serve_on(listener, args, shutdown_signal(grace)).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then finishes in-flight requests. The
+/// server answers (liveness, 503 on readiness) while the models load; a model that fails to
+/// load ends the server with that error.
+pub async fn serve_on(
+    listener: TcpListener,
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening; loading models");
     let state = AppState::new(Arc::new(Metrics::new()), args.limits());
     let app = crate::api::router(state.clone());
-    let grace = Duration::from_secs(args.shutdown_grace_s);
     let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal(grace))
+        .with_graceful_shutdown(shutdown)
         .into_future();
     let loading = load_models(args, state);
     tokio::pin!(server);

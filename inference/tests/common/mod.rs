@@ -1,0 +1,144 @@
+//! Shared fixtures: locally generated models (random weights, made with the `onnx` Python
+//! package), reference computations, encoded test images and a running server.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use image::{ImageFormat, RgbImage};
+
+/// Labels of the small second model; ten classes so tests can check model-specific labels.
+pub const DEMO_LABELS: [&str; 10] = [
+    "red", "orange", "yellow", "green", "cyan", "blue", "violet", "magenta", "white", "black",
+];
+
+/// Name of the small second model (ResNet18-shaped, 10 classes).
+pub const DEMO: &str = "resnet18-demo";
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// Runs `python3 args…`, panicking with its output when it fails.
+pub fn python(args: &[&str]) {
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 is installed (make deps)");
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A folder with `resnet50.{onnx,json}` (1000 ImageNet classes) and
+/// `resnet18-demo.{onnx,json,labels.txt}` (10 classes), imported with the real `import` code.
+/// Made once per test binary.
+pub fn models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(concat!("models-", env!("CARGO_CRATE_NAME")));
+        std::fs::create_dir_all(&dir).expect("create fixture folder");
+        let generator = scripts().join("make_resnet_onnx.py");
+        let generator = generator.to_str().expect("UTF-8 path");
+        let r50 = dir.join("resnet50.onnx");
+        python(&[
+            generator,
+            "--arch",
+            "resnet50",
+            "--seed",
+            "1",
+            "--out",
+            r50.to_str().expect("UTF-8"),
+        ]);
+        let r18 = dir.join(format!("{DEMO}.onnx"));
+        python(&[
+            generator,
+            "--arch",
+            "resnet18",
+            "--classes",
+            "10",
+            "--seed",
+            "2",
+            "--out",
+            r18.to_str().expect("UTF-8"),
+        ]);
+        let labels = dir.join("demo-labels.txt");
+        std::fs::write(&labels, DEMO_LABELS.join("\n")).expect("write labels");
+        import(&[r50.to_str().expect("UTF-8")]);
+        import(&[
+            r18.to_str().expect("UTF-8"),
+            "--labels",
+            labels.to_str().expect("UTF-8"),
+        ]);
+        dir
+    })
+}
+
+/// Runs the built `inference import` command.
+pub fn import(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_inference"))
+        .arg("import")
+        .args(args)
+        .output()
+        .expect("run inference import");
+    assert!(
+        out.status.success(),
+        "import {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A deterministic, textured RGB image (so resizing has something to get wrong).
+pub fn test_image(width: u32, height: u32, seed: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let v = x.wrapping_mul(7 + seed)
+            ^ y.wrapping_mul(13)
+            ^ (x * y + seed).wrapping_mul(2_654_435_761) >> 24;
+        image::Rgb([
+            (v & 0xff) as u8,
+            ((x + 3 * seed) & 0xff) as u8,
+            ((y * 2 + seed) & 0xff) as u8,
+        ])
+    })
+}
+
+/// `image` encoded in `format`.
+pub fn encode(image: &RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, format).expect("encode test image");
+    out.into_inner()
+}
+
+/// Raw little-endian f32 file helpers for exchanging tensors with the Python reference.
+pub fn write_f32(path: &Path, values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).expect("write f32 file");
+}
+
+/// Reads a raw little-endian f32 file.
+pub fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .expect("read f32 file")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Path of the Python reference script.
+pub fn reference_script() -> String {
+    scripts()
+        .join("reference.py")
+        .to_str()
+        .expect("UTF-8")
+        .to_string()
+}
