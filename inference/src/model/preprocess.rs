@@ -78,6 +78,12 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, PreprocessError> {
     ) {
         return Err(PreprocessError::UnknownFormat);
     }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(PreprocessError::Corrupt {
+            format: "JPEG".into(),
+            reason: "the file is truncated (no end-of-image marker after the last scan)".into(),
+        });
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -103,6 +109,15 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, PreprocessError> {
         height: rgb.height(),
         pixels: rgb.into_raw(),
     })
+}
+
+/// The JPEG decoder fills a truncated scan with grey instead of failing, which would classify
+/// half an image. A complete file has an end-of-image marker (`FF D9`) after its last
+/// start-of-scan marker (`FF DA`); inside scan data `FF` is always byte-stuffed, and looking
+/// after the *last* scan skips the markers of an embedded EXIF thumbnail.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_scan.is_some_and(|start| bytes[start..].windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// torchvision's `Resize(n)`: the shorter side becomes `n`, the longer `int(n * long / short)`.
@@ -222,6 +237,16 @@ mod tests {
         let truncated = &bytes[..bytes.len() / 2];
         assert!(matches!(
             preprocess(truncated, &params),
+            Err(PreprocessError::Corrupt { .. })
+        ));
+        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut jpeg = Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, ImageFormat::Jpeg)
+            .expect("encoding a JPEG in memory");
+        let jpeg = jpeg.into_inner();
+        assert!(preprocess(&jpeg, &params).is_ok());
+        assert!(matches!(
+            preprocess(&jpeg[..jpeg.len() * 2 / 3], &params),
             Err(PreprocessError::Corrupt { .. })
         ));
     }

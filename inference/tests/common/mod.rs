@@ -142,3 +142,68 @@ pub fn reference_script() -> String {
         .expect("UTF-8")
         .to_string()
 }
+
+/// An in-process server on a free local port, with the fixture models.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts `inference serve` with `extra` flags and waits until `/readyz` says ready.
+    pub async fn start(extra: &[&str]) -> Self {
+        use clap::Parser;
+        let models = models().to_str().expect("UTF-8").to_string();
+        let mut argv = vec!["inference", "serve", "--model", &models];
+        argv.extend_from_slice(extra);
+        let inference::config::Command::Serve(args) =
+            inference::config::Cli::parse_from(argv).command
+        else {
+            unreachable!("argv starts with serve")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(inference::server::serve_on(listener, args, async {
+            let _ = signal.await;
+        }));
+        wait_ready(&url).await;
+        Self {
+            url,
+            shutdown: Some(shutdown),
+            handle,
+        }
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        (&mut self.handle)
+            .await
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+/// Polls `{url}/readyz` until it answers 200 (model loaded and warmed up), for up to 60 s.
+pub async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let ready = client.get(format!("{url}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "server at {url} never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

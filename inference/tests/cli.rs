@@ -1,0 +1,183 @@
+//! The `inference` binary as a user runs it: subcommands, error messages, SIGTERM handling.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image::ImageFormat;
+
+const BIN: &str = env!("CARGO_BIN_EXE_inference");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run inference")
+}
+
+#[test]
+fn classify_prints_the_top_classes_of_each_image() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("photo.png");
+    std::fs::write(
+        &image,
+        common::encode(&common::test_image(320, 240, 4), ImageFormat::Png),
+    )
+    .expect("write image");
+    let models = common::models().to_str().expect("UTF-8");
+    let out = run(&[
+        "classify",
+        "--model",
+        models,
+        "--name",
+        common::DEMO,
+        "--top-k",
+        "3",
+        "--json",
+        image.to_str().expect("UTF-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let predictions = report[0]["predictions"].as_array().expect("predictions");
+    assert_eq!(predictions.len(), 3);
+    for p in predictions {
+        assert!(common::DEMO_LABELS.contains(&p["label"].as_str().expect("label")));
+    }
+}
+
+#[test]
+fn user_errors_are_one_clear_line() {
+    let out = run(&[
+        "serve",
+        "--model",
+        "/nonexistent/models",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("make model"), "{stderr}");
+
+    let models = common::models().to_str().expect("UTF-8");
+    let out = run(&["bench", "--model", models, "--device", "cuda"]);
+    assert!(!out.status.success());
+    if !cfg!(feature = "cuda") {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+
+    let out = run(&["import", "/nonexistent.onnx"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    let out = run(&["classify", "--model", models, "/nonexistent.jpg"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.jpg"));
+}
+
+#[test]
+fn import_refuses_a_graph_it_cannot_run_and_names_the_operator() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("odd.onnx");
+    let script = format!(
+        "import onnx\nfrom onnx import helper, TensorProto\n\
+         g = helper.make_graph([helper.make_node('Erf', ['input'], ['output'])], 'odd',\n\
+           [helper.make_tensor_value_info('input', TensorProto.FLOAT, ['N', 3, 224, 224])],\n\
+           [helper.make_tensor_value_info('output', TensorProto.FLOAT, ['N', 3, 224, 224])])\n\
+         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]), r'{}')\n",
+        onnx.display()
+    );
+    common::python(&["-c", &script]);
+    let out = run(&["import", onnx.to_str().expect("UTF-8")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Erf") && stderr.contains("not supported"),
+        "{stderr}"
+    );
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let port = free_port();
+    let models = common::models().to_str().expect("UTF-8");
+    let listen = format!("127.0.0.1:{port}");
+    // A long batching delay keeps the request in flight while the signal arrives.
+    let mut server = Server(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--model",
+                models,
+                "--max-delay-ms",
+                "1500",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server"),
+    );
+    let url = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    common::wait_ready(&url).await;
+    let image = common::encode(&common::test_image(224, 224, 3), ImageFormat::Png);
+    let request = tokio::spawn(
+        client
+            .post(format!("{url}/v1/classify"))
+            .header("content-type", "image/png")
+            .body(image)
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+
+    let response = request
+        .await
+        .expect("task")
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit after draining, got {status}");
+    assert!(
+        client.get(format!("{url}/healthz")).send().await.is_err(),
+        "no longer listening"
+    );
+}
