@@ -211,6 +211,9 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
         .expect("sent");
     assert_error(missing, StatusCode::NOT_FOUND, "no route").await;
 
+    let wrong_method = reqwest::get(&url).await.expect("sent");
+    assert_error(wrong_method, StatusCode::METHOD_NOT_ALLOWED, "not allowed").await;
+
     // Still serving, and the failures were counted by status code.
     assert_eq!(post(&url, "image/jpeg", image).await.status(), 200);
     let metrics = reqwest::get(format!("{}/metrics", server.url))

@@ -32,6 +32,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 500 for failures that are ours, not the client's (a panicked task, a missing output).
+    /// The detail goes to the log; the client gets a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while processing the request; see the server log",
+        )
+    }
+
     /// 404 for an unknown model name.
     pub fn unknown_model(name: &str, known: &[&str]) -> Self {
         Self::new(

@@ -67,17 +67,15 @@ pub(super) async fn classify(
     let classifier = entry.classifier.clone();
     let image = tokio::task::spawn_blocking(move || classifier.preprocess(&body))
         .await
-        .map_err(|e| ApiError::bad_request(format!("image decoding failed: {e}")))??;
+        .map_err(ApiError::internal)??;
     let decode = decode_started.elapsed();
 
     let deadline = received + state.limits.request_timeout;
     let output = entry.batcher.infer(vec![image], deadline).await?;
-    let row = output.rows.first().ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "the model returned no output",
-        )
-    })?;
+    let row = output
+        .rows
+        .first()
+        .ok_or_else(|| ApiError::internal("the model returned no output"))?;
     Ok(Json(ClassifyResponse {
         model: entry.classifier.name().to_string(),
         predictions: entry.classifier.top_k(row, top_k),

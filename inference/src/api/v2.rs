@@ -185,7 +185,7 @@ async fn decode_input(entry: &ModelEntry, input: InputTensor) -> Result<Vec<Inpu
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .map_err(|e| ApiError::bad_request(format!("image decoding failed: {e}")))?
+            .map_err(ApiError::internal)?
         }
         other => Err(ApiError::bad_request(format!(
             "unsupported datatype '{other}': use FP32 (preprocessed tensor) or BYTES (encoded images)"
