@@ -34,8 +34,15 @@ lint: ## formatting check and clippy with warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+.PHONY: check-features
+check-features: ## the wgpu and cuda backends compile
+	cargo check -p inference --features wgpu
+	# cubecl-cuda's build script downloads an LLVM bundle; DOCS_RS=1 skips that download, which
+	# is enough to type-check our CUDA code path on a machine without internet (no linking).
+	DOCS_RS=1 cargo check -p inference --features cuda
+
 .PHONY: test
-test: deps lint ## everything CI checks: fmt, clippy, all tests
+test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests
 	cargo test --workspace
 
 .PHONY: model

@@ -150,3 +150,73 @@ fn preprocessing_matches_pillow_reference() {
         assert!(mean <= bound / 10.0, "{width}x{height}: mean diff {mean}");
     }
 }
+
+/// The model zoo's pretrained ResNet50 declares a fixed batch of 1 (`[1, 3, 224, 224]`). Our
+/// operations are batch-agnostic, so such a file must still serve batches, with each row equal
+/// to what the image gets alone, and equal to ONNX Runtime's answer.
+#[test]
+fn fixed_batch_export_still_runs_batches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("fixed.onnx");
+    let generator = format!("{}/scripts/make_resnet_onnx.py", env!("CARGO_MANIFEST_DIR"));
+    common::python(&[
+        &generator,
+        "--arch",
+        "resnet18",
+        "--classes",
+        "10",
+        "--batch",
+        "1",
+        "--seed",
+        "3",
+        "--out",
+        onnx.to_str().expect("UTF-8"),
+    ]);
+    let spec = inference::model::ModelSpec {
+        name: "fixed".into(),
+        onnx: "fixed.onnx".into(),
+        sha256: None,
+        preprocess: Preprocess::imagenet(),
+        labels: "unused".into(),
+    };
+    let labels = common::DEMO_LABELS.iter().map(|l| l.to_string()).collect();
+    let model = Classifier::from_parts(spec, &onnx, labels, DeviceChoice::Cpu).expect("loads");
+    let batch = inputs(3, 224);
+    let together = model.infer(&batch).expect("batch of 3");
+    for (i, image) in batch.iter().enumerate() {
+        let alone = model
+            .infer(std::slice::from_ref(image))
+            .expect("batch of 1");
+        let worst = alone[0]
+            .iter()
+            .zip(&together[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "image {i}: batched and single results differ by {worst}"
+        );
+    }
+    let input = dir.path().join("input.f32");
+    let output = dir.path().join("output.f32");
+    common::write_f32(&input, &batch[0].data);
+    common::python(&[
+        &common::reference_script(),
+        "logits",
+        onnx.to_str().expect("UTF-8"),
+        input.to_str().expect("UTF-8"),
+        "1",
+        "224",
+        output.to_str().expect("UTF-8"),
+    ]);
+    let reference = common::read_f32(&output);
+    let worst = reference
+        .iter()
+        .zip(&together[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= LOGIT_BOUND * std_dev(&reference).max(1.0),
+        "differs from ORT by {worst}"
+    );
+}

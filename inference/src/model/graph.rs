@@ -353,6 +353,8 @@ impl Builder {
             .ok_or_else(|| {
                 GraphError::Shape(format!("output '{}' is never computed", output.name))
             })?;
+        let steps = std::mem::take(&mut self.steps);
+        self.steps = fold_batch_norms(steps, self.names.len(), output_slot);
         let mut last_use = vec![usize::MAX; self.names.len()];
         for (index, step) in self.steps.iter().enumerate() {
             for &slot in &step.inputs {
@@ -604,6 +606,44 @@ impl Builder {
         };
         Ok((to_tensor(scale), to_tensor(shift)))
     }
+}
+
+/// Folds each batch norm that directly follows the only consumer of a convolution into that
+/// convolution's weights and bias: `(x * w + b) * s + t = x * (w * s) + (b * s + t)`, per output
+/// channel. Exact up to f32 rounding, and it removes a full read and write of every feature map
+/// per folded layer (53 of them in ResNet50) — what ONNX Runtime does at graph optimisation.
+fn fold_batch_norms(steps: Vec<Step>, slots: usize, graph_output: usize) -> Vec<Step> {
+    let mut uses = vec![0usize; slots];
+    uses[graph_output] += 1;
+    for step in &steps {
+        for &slot in &step.inputs {
+            uses[slot] += 1;
+        }
+    }
+    let mut folded: Vec<Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        if let (Op::Affine { scale, shift }, [input]) = (&step.op, step.inputs.as_slice())
+            && uses[*input] == 1
+            && let Some(previous) = folded.last_mut()
+            && previous.output == *input
+            && let Op::Conv { weight, bias, .. } = &mut previous.op
+        {
+            let channels = weight.dims()[0];
+            let scale = scale.clone().reshape([channels]);
+            let shift = shift.clone().reshape([channels]);
+            let old_bias = bias
+                .take()
+                .unwrap_or_else(|| Tensor::zeros([channels], &weight.device()));
+            *weight = weight
+                .clone()
+                .mul(scale.clone().reshape([channels, 1, 1, 1]));
+            *bias = Some(old_bias.mul(scale).add(shift));
+            previous.output = step.output;
+            continue;
+        }
+        folded.push(step);
+    }
+    folded
 }
 
 /// Explicit `(begin, end)` padding per spatial axis. `SAME_*` auto-padding depends on the input
