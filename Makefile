@@ -43,7 +43,7 @@ check-features: ## the wgpu and cuda backends compile
 
 .PHONY: test
 test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests
-	cargo test --workspace
+	cargo test --workspace --all-targets
 
 .PHONY: model
 model: ## fetch + import pretrained ResNet50 into $(MODELS)/ (OFFLINE=1: random weights, no internet)
