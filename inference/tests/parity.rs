@@ -43,6 +43,25 @@ fn inputs(n: usize, size: u32) -> Vec<InputImage> {
         .collect()
 }
 
+/// ONNX Runtime's output for `batch` on the same file, flattened row-major.
+fn onnx_runtime_logits(onnx: &std::path::Path, batch: &[InputImage]) -> Vec<f32> {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let input = tmp.path().join("input.f32");
+    let output = tmp.path().join("output.f32");
+    let flat: Vec<f32> = batch.iter().flat_map(|i| i.data.iter().copied()).collect();
+    common::write_f32(&input, &flat);
+    common::python(&[
+        &common::reference_script(),
+        "logits",
+        onnx.to_str().expect("UTF-8"),
+        input.to_str().expect("UTF-8"),
+        &batch.len().to_string(),
+        &batch[0].size.to_string(),
+        output.to_str().expect("UTF-8"),
+    ]);
+    common::read_f32(&output)
+}
+
 fn check_against_onnx_runtime(model_name: &str) {
     let dir = common::models();
     let model = Classifier::load(&dir.join(format!("{model_name}.json")), DeviceChoice::Cpu)
@@ -50,22 +69,8 @@ fn check_against_onnx_runtime(model_name: &str) {
     let batch = inputs(4, 224);
     let ours = model.infer(&batch).expect("forward pass");
 
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let input = tmp.path().join("input.f32");
-    let output = tmp.path().join("output.f32");
-    let flat: Vec<f32> = batch.iter().flat_map(|i| i.data.iter().copied()).collect();
-    common::write_f32(&input, &flat);
     let onnx = dir.join(format!("{model_name}.onnx"));
-    common::python(&[
-        &common::reference_script(),
-        "logits",
-        onnx.to_str().expect("UTF-8"),
-        input.to_str().expect("UTF-8"),
-        "4",
-        "224",
-        output.to_str().expect("UTF-8"),
-    ]);
-    let reference = common::read_f32(&output);
+    let reference = onnx_runtime_logits(&onnx, &batch);
     let classes = reference.len() / 4;
     assert_eq!(ours.len(), 4);
     for (i, row) in ours.iter().enumerate() {
@@ -197,19 +202,7 @@ fn fixed_batch_export_still_runs_batches() {
             "image {i}: batched and single results differ by {worst}"
         );
     }
-    let input = dir.path().join("input.f32");
-    let output = dir.path().join("output.f32");
-    common::write_f32(&input, &batch[0].data);
-    common::python(&[
-        &common::reference_script(),
-        "logits",
-        onnx.to_str().expect("UTF-8"),
-        input.to_str().expect("UTF-8"),
-        "1",
-        "224",
-        output.to_str().expect("UTF-8"),
-    ]);
-    let reference = common::read_f32(&output);
+    let reference = onnx_runtime_logits(&onnx, &batch[..1]);
     let worst = reference
         .iter()
         .zip(&together[0])
