@@ -67,6 +67,11 @@ serve: ## run the inference server on :8080 with the model from `make model`
 	cargo build --release -p inference
 	$(RELEASE_BIN)/inference serve --listen 0.0.0.0:8080 --model $(MODELS)
 
+.PHONY: bench-dispatcher
+bench-dispatcher: ## dispatcher vs nginx proxy_pass, and the slow-backend experiment (needs nginx, wrk)
+	cargo build --release -p dispatcher --bins --examples
+	dispatcher/bench/compare.sh
+
 .PHONY: bench
 bench: deps ## model-only speed: burn vs ONNX Runtime on the same ONNX file, same machine
 	cargo build --release -p inference

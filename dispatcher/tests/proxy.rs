@@ -313,6 +313,28 @@ async fn overload_and_missing_upstreams_get_clear_json_errors() {
     );
     d.stop().await;
 
+    // An upstream slower than the request timeout: 504, not retried, JSON error.
+    let stuck = upstream("stuck", Duration::from_millis(800), StatusCode::OK).await;
+    let d = Dispatcher::start(&[&stuck], &["--request-timeout-ms", "100"]).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/classify", d.url))
+        .body("x")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().await.expect("JSON");
+    assert!(
+        body["error"].as_str().expect("error").contains("timeout"),
+        "{body}"
+    );
+    assert_eq!(
+        stuck.hits.load(Ordering::Relaxed),
+        1,
+        "a timed-out request is not retried"
+    );
+    d.stop().await;
+
     // The upstream's own back-pressure (503) is retried elsewhere, and passed through when
     // every upstream is full.
     let full = upstream("full", Duration::ZERO, StatusCode::SERVICE_UNAVAILABLE).await;
