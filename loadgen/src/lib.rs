@@ -1,0 +1,278 @@
+//! loadgen: open-loop load with rate profiles, latency measured from each request's intended
+//! send time (no coordinated omission), a per-second series, JSON/CSV output and plots.
+//! `main.rs` parses [`Opts`] and calls [`run`].
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod payload;
+pub mod plot;
+pub mod report;
+pub mod schedule;
+pub mod stats;
+pub mod watch;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use cli::{Mode, Opts};
+use client::{Client, Outcome};
+use payload::Payloads;
+use report::Report;
+use schedule::{Arrivals, Profile};
+use stats::{LATE_AFTER, Sample, Stats};
+
+/// Runs the load described by `opts`, prints the summary, writes the requested files, and
+/// returns the report (the binary turns `--max-error-rate` into its exit code).
+pub async fn run(opts: Opts) -> anyhow::Result<Report> {
+    if let Some(plot) = &opts.plot {
+        plot::check_format(plot)?;
+    }
+    let payloads = Arc::new(match &opts.images {
+        Some(dir) => Payloads::from_dir(dir, opts.shuffle.then_some(opts.seed))?,
+        None => Payloads::synthetic(opts.synthetic.0, opts.synthetic.1)?,
+    });
+    check_reachable(&opts.target).await?;
+    let client = Client::new(
+        opts.target.clone(),
+        opts.headers.clone(),
+        opts.timeout,
+        !opts.no_keepalive,
+    );
+    let started = Instant::now();
+    let watch = match &opts.watch {
+        Some(name) => Some(watch::start(name, &opts.namespace, started).await?),
+        None => None,
+    };
+
+    let mode = opts.mode();
+    let total = match &mode {
+        Mode::OpenLoop(profile) => profile.duration(),
+        Mode::ClosedLoop { duration, .. } => *duration,
+    };
+    let progress = progress_bar(total, opts.quiet);
+    let (samples, received) = mpsc::unbounded_channel();
+    let collector = tokio::spawn(collect(received, progress.clone(), started));
+    match &mode {
+        Mode::OpenLoop(profile) => {
+            let arrivals = if opts.poisson {
+                Arrivals::Poisson { seed: opts.seed }
+            } else {
+                Arrivals::Uniform
+            };
+            open_loop(
+                profile,
+                arrivals,
+                &client,
+                &payloads,
+                opts.connections,
+                opts.timeout,
+                samples,
+            )
+            .await;
+        }
+        Mode::ClosedLoop {
+            concurrency,
+            duration,
+        } => {
+            closed_loop(*concurrency, *duration, &client, &payloads, samples).await;
+        }
+    }
+    let stats = collector.await.context("collecting results")?;
+    progress.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some((_, task)) = &watch {
+        task.abort();
+    }
+
+    let (label, co_free) = match &mode {
+        Mode::OpenLoop(_) => ("open-loop", true),
+        Mode::ClosedLoop { .. } => ("closed-loop", false),
+    };
+    let profile = match &mode {
+        Mode::OpenLoop(p) => Some(p.clone()),
+        Mode::ClosedLoop { .. } => None,
+    };
+    let offered = |second: u64| profile.as_ref().map(|p| mean_rate(p, second));
+    let replicas = |second: u64| watch.as_ref().and_then(|(r, _)| r.at(second));
+    let report = Report::new(
+        &stats,
+        label,
+        co_free,
+        opts.target.to_string(),
+        elapsed,
+        offered,
+        replicas,
+    );
+    report.print();
+    if let Some(path) = &opts.out {
+        report.write_json(path)?;
+    }
+    if let Some(path) = &opts.csv {
+        report.write_csv(path)?;
+    }
+    if let Some(path) = &opts.plot {
+        plot::write(&report, path)?;
+    }
+    Ok(report)
+}
+
+/// Target rate averaged over one second.
+fn mean_rate(profile: &Profile, second: u64) -> f64 {
+    let steps = 10;
+    (0..steps)
+        .map(|i| {
+            profile.rate_at(Duration::from_secs_f64(
+                second as f64 + (i as f64 + 0.5) / steps as f64,
+            ))
+        })
+        .sum::<f64>()
+        / steps as f64
+}
+
+/// Fails fast, with the address, when nothing listens at the target.
+async fn check_reachable(target: &http::Uri) -> anyhow::Result<()> {
+    let host = target.host().context("target has no host")?;
+    let port = target.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("cannot connect to {host}:{port}: timed out after 5 s"))?
+    .with_context(|| format!("cannot connect to {host}:{port} (is the server running?)"))?;
+    Ok(())
+}
+
+fn progress_bar(total: Duration, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total.as_secs().max(1));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s  {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Aggregates samples and refreshes the progress line a few times a second.
+async fn collect(
+    mut received: mpsc::UnboundedReceiver<Sample>,
+    progress: ProgressBar,
+    started: Instant,
+) -> Stats {
+    let mut stats = Stats::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            sample = received.recv() => match sample {
+                Some(sample) => stats.record(sample),
+                None => return stats,
+            },
+            _ = tick.tick() => {
+                let now = started.elapsed();
+                progress.set_position(now.as_secs());
+                if let Some(r) = stats.recent(now) {
+                    progress.set_message(format!(
+                        "{} req/s  ok {}  errors {}  p50 {:.0} ms  p99 {:.0} ms  (total errors {})",
+                        r.sent, r.ok, r.errors, r.p50_ms, r.p99_ms, stats.errors()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Sends at the scheduled times. A send due while all `connections` are busy waits (and is
+/// late); one that cannot start before its own timeout is dropped. Latency always counts
+/// from the intended time, so waiting shows up in the percentiles.
+async fn open_loop(
+    profile: &Profile,
+    arrivals: Arrivals,
+    client: &Client,
+    payloads: &Arc<Payloads>,
+    connections: usize,
+    timeout: Duration,
+    samples: mpsc::UnboundedSender<Sample>,
+) {
+    let slots = Arc::new(Semaphore::new(connections.max(1)));
+    let start = tokio::time::Instant::now();
+    for (i, offset) in profile.send_times(arrivals).enumerate() {
+        let intended = start + offset;
+        tokio::time::sleep_until(intended).await;
+        let Ok(slot) =
+            tokio::time::timeout_at(intended + timeout, slots.clone().acquire_owned()).await
+        else {
+            let _ = samples.send(Sample {
+                intended: offset,
+                latency: timeout,
+                outcome: Outcome::Dropped,
+                late: true,
+            });
+            continue;
+        };
+        let slot = slot.expect("the semaphore is never closed");
+        let late = intended.elapsed() > LATE_AFTER;
+        let (client, payload, samples) = (client.clone(), payloads.get(i), samples.clone());
+        tokio::spawn(async move {
+            let outcome = client.send(payload).await;
+            let latency = intended.elapsed();
+            drop(slot);
+            let _ = samples.send(Sample {
+                intended: offset,
+                latency,
+                outcome,
+                late,
+            });
+        });
+    }
+    // Wait for the requests still in flight.
+    let _ = slots.acquire_many(connections.max(1) as u32).await;
+}
+
+/// `concurrency` workers, each sending its next request when the previous one is answered.
+async fn closed_loop(
+    concurrency: usize,
+    duration: Duration,
+    client: &Client,
+    payloads: &Arc<Payloads>,
+    samples: mpsc::UnboundedSender<Sample>,
+) {
+    let start = Instant::now();
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (client, payloads, samples, counter) = (
+                client.clone(),
+                payloads.clone(),
+                samples.clone(),
+                counter.clone(),
+            );
+            tokio::spawn(async move {
+                while start.elapsed() < duration {
+                    let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let sent = Instant::now();
+                    let outcome = client.send(payloads.get(i)).await;
+                    let _ = samples.send(Sample {
+                        intended: sent.duration_since(start),
+                        latency: sent.elapsed(),
+                        outcome,
+                        late: false,
+                    });
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+}
