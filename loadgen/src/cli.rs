@@ -132,7 +132,9 @@ impl Opts {
 
 fn parse_target(s: &str) -> Result<http::Uri, String> {
     if !s.contains("://") {
-        return Err(format!("'{s}' needs a scheme, e.g. http://localhost:8080/v1/classify"));
+        return Err(format!(
+            "'{s}' needs a scheme, e.g. http://localhost:8080/v1/classify"
+        ));
     }
     let uri: http::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL: {e}"))?;
     match uri.scheme_str() {

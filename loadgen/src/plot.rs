@@ -60,7 +60,7 @@ fn draw(report: &Report) -> Result<String, Box<dyn std::error::Error>> {
             .flat_map(|r| {
                 [
                     r.offered.unwrap_or(0.0),
-                    r.measured.ok as f64,
+                    r.measured.completed as f64,
                     r.measured.sent as f64,
                 ]
             })
@@ -79,12 +79,12 @@ fn draw(report: &Report) -> Result<String, Box<dyn std::error::Error>> {
             ));
         }
         lines.push((
-            "achieved (2xx/s)",
+            "achieved (2xx responses/s)",
             GREEN,
             report
                 .series
                 .iter()
-                .map(|r| (x(r), r.measured.ok as f64))
+                .map(|r| (x(r), r.measured.completed as f64))
                 .collect(),
         ));
         lines.push((
@@ -199,6 +199,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;

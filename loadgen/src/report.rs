@@ -144,7 +144,7 @@ impl Report {
         let mut w = csv::Writer::from_path(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         w.write_record([
-            "second", "offered", "sent", "ok", "errors", "p50_ms", "p99_ms", "replicas",
+            "second", "offered", "sent", "ok", "errors", "achieved", "p50_ms", "p99_ms", "replicas",
         ])?;
         for r in &self.series {
             let opt = |v: Option<String>| v.unwrap_or_default();
@@ -154,6 +154,7 @@ impl Report {
                 r.measured.sent.to_string(),
                 r.measured.ok.to_string(),
                 r.measured.errors.to_string(),
+                r.measured.completed.to_string(),
                 format!("{:.3}", r.measured.p50_ms),
                 format!("{:.3}", r.measured.p99_ms),
                 opt(r.replicas.map(|n| n.to_string())),

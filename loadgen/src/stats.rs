@@ -32,6 +32,8 @@ pub const LATE_AFTER: Duration = Duration::from_millis(10);
 struct Second {
     sent: u64,
     ok: u64,
+    /// 2xx responses that *arrived* in this second (the achieved throughput).
+    completed: u64,
     errors: u64,
     latency: Histogram<u64>,
 }
@@ -73,6 +75,8 @@ pub struct SecondRow {
     pub ok: u64,
     /// Of those, failures (non-2xx, timeouts, connection errors, dropped).
     pub errors: u64,
+    /// 2xx responses that arrived during this second: the achieved rate.
+    pub completed: u64,
     /// Median latency, ms (successes and failures alike).
     pub p50_ms: f64,
     /// 99th percentile latency, ms.
@@ -109,13 +113,18 @@ impl Stats {
         let micros = (sample.latency.as_micros() as u64).clamp(1, MAX_MICROS);
         self.latency.saturating_record(micros);
         let index = sample.intended.as_secs() as usize;
-        while self.seconds.len() <= index {
+        let done = (sample.intended + sample.latency).as_secs() as usize;
+        while self.seconds.len() <= index.max(done) {
             self.seconds.push(Second {
                 sent: 0,
                 ok: 0,
+                completed: 0,
                 errors: 0,
                 latency: histogram(),
             });
+        }
+        if sample.outcome.is_success() {
+            self.seconds[done].completed += 1;
         }
         let second = &mut self.seconds[index];
         second.sent += 1;
@@ -185,6 +194,7 @@ impl Stats {
                 sent: s.sent,
                 ok: s.ok,
                 errors: s.errors,
+                completed: s.completed,
                 p50_ms: if s.latency.is_empty() {
                     0.0
                 } else {
@@ -229,7 +239,12 @@ mod tests {
         s.record(sample(1600, 30_000, Outcome::Timeout));
         assert_eq!((s.total(), s.ok(), s.errors()), (102, 100, 2));
         let series = s.series();
-        assert_eq!(series.len(), 2);
+        // The timeout due at 1.6 s ends at 31.6 s, so the series runs to second 31.
+        assert_eq!(series.len(), 32);
+        assert_eq!(series[31].sent, 0);
+        // Responses to requests due just before 1 s arrive after it: achieved counts them there.
+        assert_eq!(series[0].completed + series[1].completed, 100);
+        assert!(series[1].completed > 0);
         assert_eq!(
             (series[0].sent, series[0].ok, series[0].errors),
             (100, 100, 0)

@@ -67,10 +67,15 @@ async fn open_loop_hits_the_target_rate_and_measures_latency() {
         (achieved / 200.0 - 1.0).abs() < 0.02,
         "achieved {achieved:.1}/s for 200/s"
     );
-    for row in &report.series {
+    for row in report.series.iter().take(3) {
         assert_eq!(row.measured.sent, 200, "second {}", row.measured.second);
         assert_eq!(row.offered, Some(200.0));
     }
+    let achieved: u64 = report.series.iter().map(|r| r.measured.completed).sum();
+    assert_eq!(
+        achieved, 600,
+        "every response is counted once, in the second it arrived"
+    );
     let l = report.latency_ms;
     assert!(l.p50 >= 20.0 && l.p50 < 30.0, "server takes 20 ms: {l:?}");
     assert!(report.coordinated_omission_free);
@@ -152,16 +157,23 @@ async fn output_files_hold_the_series_and_the_plot_is_drawn() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("json")).expect("valid JSON");
     assert_eq!(json["mode"], "open-loop");
-    assert_eq!(json["series"].as_array().map(Vec::len), Some(2));
+    assert!(
+        json["series"]
+            .as_array()
+            .is_some_and(|s| (2..=3).contains(&s.len()))
+    );
     assert_eq!(json["requests"], 10 + 30);
     let text = std::fs::read_to_string(&csv).expect("csv");
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("second,offered,sent,ok,errors,p50_ms,p99_ms,replicas")
+        Some("second,offered,sent,ok,errors,achieved,p50_ms,p99_ms,replicas")
     );
     let rows: Vec<&str> = lines.collect();
-    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.len() == 2 || rows.len() == 3,
+        "the last responses may land in second 2: {rows:?}"
+    );
     assert!(rows[1].starts_with("1,30.000,30,30,0,"), "{}", rows[1]);
     let svg = std::fs::read_to_string(&plot).expect("svg");
     assert!(
