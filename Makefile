@@ -72,6 +72,11 @@ bench-dispatcher: ## dispatcher vs nginx proxy_pass, and the slow-backend experi
 	cargo build --release -p dispatcher --bins --examples
 	dispatcher/bench/compare.sh
 
+.PHONY: bench-loadgen
+bench-loadgen: ## loadgen vs oha and wrk, and open-loop accuracy (needs nginx, wrk, oha)
+	cargo build --release -p loadgen
+	loadgen/bench/compare.sh
+
 .PHONY: bench
 bench: deps ## model-only speed: burn vs ONNX Runtime on the same ONNX file, same machine
 	cargo build --release -p inference

@@ -15,7 +15,7 @@ use crate::schedule::{Profile, Segment};
 #[command(version, about, long_about = None, after_help = EXAMPLES)]
 #[command(group(ArgGroup::new("profile").required(true).args(["rate", "stages", "step", "spike", "concurrency"])))]
 pub struct Opts {
-    /// URL to send requests to.
+    /// URL to send requests to; `http://host:port` alone means `/v1/classify`.
     #[arg(long, env = "LOADGEN_TARGET", value_parser = parse_target)]
     pub target: http::Uri,
     /// Constant open-loop rate, requests/s (with --duration).
@@ -148,6 +148,13 @@ fn parse_target(s: &str) -> Result<http::Uri, String> {
     }
     if uri.host().is_none() {
         return Err(format!("'{s}' has no host"));
+    }
+    // A bare `http://host:port` means the classification endpoint.
+    if uri.path() == "/" && !s.ends_with('/') {
+        let with_path = format!("{}/v1/classify", s.trim_end_matches('/'));
+        return with_path
+            .parse()
+            .map_err(|e| format!("'{with_path}' is not a URL: {e}"));
     }
     Ok(uri)
 }
@@ -327,6 +334,14 @@ mod tests {
                 .contains("BASE:PEAK:LENGTH")
         );
         assert!(parse_target("localhost:8080").is_err());
+        assert_eq!(
+            parse_target("http://h:8080").map(|u| u.to_string()),
+            Ok("http://h:8080/v1/classify".into())
+        );
+        assert_eq!(
+            parse_target("http://h:8080/").map(|u| u.path().to_string()),
+            Ok("/".into())
+        );
         assert!(
             parse_target("https://x/")
                 .expect_err("https")
