@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::payload::Payload;
 
 /// How one request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     /// A complete response with this status.
     Status(u16),

@@ -86,7 +86,7 @@ impl Report {
             } else {
                 0.0
             },
-            statuses: stats.statuses().clone(),
+            statuses: stats.statuses(),
             latency_ms: stats.percentiles(),
             series: stats
                 .series()
