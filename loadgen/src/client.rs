@@ -5,9 +5,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use crate::payload::Payload;
 
@@ -41,51 +42,126 @@ impl Outcome {
     }
 }
 
-/// A pooled HTTP/1.1 client for one target.
+/// Sends requests to one target. Each request runs on a [`Connection`] that the caller owns
+/// for the duration of the request (a closed-loop worker keeps one; the open loop takes one
+/// from [`Connections`]). Dedicated HTTP/1.1 connections avoid the lock a shared pool takes on
+/// every checkout, which cost ~10 % of peak throughput.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: HyperClient<HttpConnector, Full<Bytes>>,
-    target: Uri,
+    address: String,
+    path: String,
+    host: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
+    keepalive: bool,
+}
+
+/// One HTTP/1.1 connection, opened on first use and reopened after an error.
+#[derive(Debug, Default)]
+pub struct Connection {
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// A fixed set of connections; taking one waits while all are in use.
+#[derive(Debug)]
+pub struct Connections {
+    idle: std::sync::Mutex<Vec<Connection>>,
+    available: Semaphore,
+}
+
+impl Connections {
+    /// `n` connections (opened lazily).
+    pub fn new(n: usize) -> Self {
+        Self {
+            idle: std::sync::Mutex::new((0..n).map(|_| Connection::default()).collect()),
+            available: Semaphore::new(n),
+        }
+    }
+
+    /// Waits for a free connection.
+    pub async fn take(&self) -> Connection {
+        let permit = self
+            .available
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        permit.forget();
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .expect("a permit guarantees an idle connection")
+    }
+
+    /// Returns a connection.
+    pub fn give_back(&self, connection: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(connection);
+        self.available.add_permits(1);
+    }
+
+    /// Waits until every connection is back (all requests finished).
+    pub async fn drain(&self, n: usize) {
+        let all = self
+            .available
+            .acquire_many(u32::try_from(n).unwrap_or(u32::MAX))
+            .await
+            .expect("the semaphore is never closed");
+        drop(all);
+    }
 }
 
 impl Client {
-    /// Keep-alive unless `keepalive` is false.
+    /// A client for `target` (an `http://` URL with a host).
     pub fn new(
-        target: Uri,
+        target: &Uri,
         headers: Vec<(HeaderName, HeaderValue)>,
         timeout: Duration,
         keepalive: bool,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let mut builder = HyperClient::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(90));
-        if !keepalive {
-            builder.pool_max_idle_per_host(0);
-        }
+        let host = target.host().unwrap_or("localhost");
+        let port = target.port_u16().unwrap_or(80);
+        let authority = target
+            .authority()
+            .map_or_else(|| format!("{host}:{port}"), |a| a.to_string());
         Self {
-            inner: builder.build(connector),
-            target,
+            address: format!(
+                "{}:{port}",
+                host.trim_start_matches('[').trim_end_matches(']')
+            ),
+            path: target
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            host: HeaderValue::from_str(&authority)
+                .unwrap_or(HeaderValue::from_static("localhost")),
             headers,
             timeout,
+            keepalive,
         }
     }
 
-    /// POSTs `payload` and reads the whole response.
-    pub async fn send(&self, payload: Payload) -> Outcome {
-        let mut request = Request::post(self.target.clone())
+    /// POSTs `payload` on `connection` and reads the whole response.
+    pub async fn send(&self, connection: &mut Connection, payload: Payload) -> Outcome {
+        let mut request = Request::post(self.path.as_str())
+            .header(header::HOST, self.host.clone())
             .header(header::CONTENT_TYPE, payload.content_type)
             .body(Full::new(payload.body))
-            .expect("a valid URI and static header always build a request");
+            .expect("a valid path and static headers always build a request");
         for (name, value) in &self.headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }
+        if !self.keepalive {
+            request
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let exchange = async {
-            let response = self
-                .inner
-                .request(request)
+            let sender = self.ready(connection).await?;
+            let response = sender
+                .send_request(request)
                 .await
                 .map_err(|_| Outcome::ConnectionError)?;
             let status = response.status().as_u16();
@@ -96,9 +172,38 @@ impl Client {
                 .map_err(|_| Outcome::ConnectionError)?;
             Ok::<_, Outcome>(Outcome::Status(status))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let outcome = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(outcome) | Err(outcome)) => outcome,
             Err(_) => Outcome::Timeout,
+        };
+        if !matches!(outcome, Outcome::Status(_)) || !self.keepalive {
+            connection.sender = None; // broken or closed: open a fresh one next time
         }
+        outcome
+    }
+
+    /// The connection's sender, (re)connecting when needed.
+    async fn ready<'c>(
+        &self,
+        connection: &'c mut Connection,
+    ) -> Result<&'c mut SendRequest<Full<Bytes>>, Outcome> {
+        let usable = match connection.sender.as_mut() {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !usable {
+            let stream = TcpStream::connect(&self.address)
+                .await
+                .map_err(|_| Outcome::ConnectionError)?;
+            let _ = stream.set_nodelay(true);
+            let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|_| Outcome::ConnectionError)?;
+            tokio::spawn(async move {
+                let _ = driver.await;
+            });
+            connection.sender = Some(sender);
+        }
+        connection.sender.as_mut().ok_or(Outcome::ConnectionError)
     }
 }

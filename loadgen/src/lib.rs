@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 pub use cli::{Mode, Opts};
-use client::{Client, Outcome};
+use client::{Client, Connection, Connections, Outcome};
 use payload::Payloads;
 use report::Report;
 use schedule::{Arrivals, Profile};
@@ -40,7 +40,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<Report> {
     });
     check_reachable(&opts.target).await?;
     let client = Client::new(
-        opts.target.clone(),
+        &opts.target,
         opts.headers.clone(),
         opts.timeout,
         !opts.no_keepalive,
@@ -84,9 +84,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<Report> {
             closed_loop(*concurrency, *duration, &client, &payloads, samples).await;
         }
     }
+    // The run ends when the last response arrives; aggregating the backlog of samples
+    // afterwards is not part of it.
+    let elapsed = started.elapsed().as_secs_f64();
     let stats = collector.await.context("collecting results")?;
     progress.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
     if let Some((_, task)) = &watch {
         task.abort();
     }
@@ -204,13 +206,13 @@ async fn open_loop(
     timeout: Duration,
     samples: mpsc::UnboundedSender<Sample>,
 ) {
-    let slots = Arc::new(Semaphore::new(connections.max(1)));
+    let connections_n = connections.max(1);
+    let pool = Arc::new(Connections::new(connections_n));
     let start = tokio::time::Instant::now();
     for (i, offset) in profile.send_times(arrivals).enumerate() {
         let intended = start + offset;
         tokio::time::sleep_until(intended).await;
-        let Ok(slot) =
-            tokio::time::timeout_at(intended + timeout, slots.clone().acquire_owned()).await
+        let Ok(mut connection) = tokio::time::timeout_at(intended + timeout, pool.take()).await
         else {
             let _ = samples.send(Sample {
                 intended: offset,
@@ -220,13 +222,17 @@ async fn open_loop(
             });
             continue;
         };
-        let slot = slot.expect("the semaphore is never closed");
         let late = intended.elapsed() > LATE_AFTER;
-        let (client, payload, samples) = (client.clone(), payloads.get(i), samples.clone());
+        let (client, payload, samples, pool) = (
+            client.clone(),
+            payloads.get(i),
+            samples.clone(),
+            pool.clone(),
+        );
         tokio::spawn(async move {
-            let outcome = client.send(payload).await;
+            let outcome = client.send(&mut connection, payload).await;
             let latency = intended.elapsed();
-            drop(slot);
+            pool.give_back(connection);
             let _ = samples.send(Sample {
                 intended: offset,
                 latency,
@@ -236,7 +242,7 @@ async fn open_loop(
         });
     }
     // Wait for the requests still in flight.
-    let _ = slots.acquire_many(connections.max(1) as u32).await;
+    pool.drain(connections_n).await;
 }
 
 /// `concurrency` workers, each sending its next request when the previous one is answered.
@@ -258,10 +264,11 @@ async fn closed_loop(
                 counter.clone(),
             );
             tokio::spawn(async move {
+                let mut connection = Connection::default();
                 while start.elapsed() < duration {
                     let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let sent = Instant::now();
-                    let outcome = client.send(payloads.get(i)).await;
+                    let outcome = client.send(&mut connection, payloads.get(i)).await;
                     let _ = samples.send(Sample {
                         intended: sent.duration_since(start),
                         latency: sent.elapsed(),
