@@ -72,7 +72,7 @@ pub struct Opts {
     /// Write the per-second series as CSV.
     #[arg(long, env = "LOADGEN_CSV")]
     pub csv: Option<PathBuf>,
-    /// Draw offered/achieved rate, latency percentiles and replicas (`.svg` or `.html`).
+    /// Draw offered/achieved rate, latency percentiles and replicas (`.png`, `.svg` or `.html`).
     #[arg(long, env = "LOADGEN_PLOT")]
     pub plot: Option<PathBuf>,
     /// Follow a Deployment's replica count each second (`deployment/NAME`, kube config from

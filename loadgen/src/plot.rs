@@ -1,6 +1,7 @@
 //! The picture of a run: offered vs achieved rate, latency percentiles, and the replica count
-//! of the watched Deployment, over time. SVG (or SVG inside a small HTML page), drawn with
-//! plotters; no fonts or native libraries needed.
+//! of the watched Deployment, over time. Drawn as SVG with plotters (no fonts or native
+//! libraries needed); `.html` wraps the SVG in a page, `.png` rasterises it with resvg using the
+//! system's fonts for the labels.
 
 use std::path::Path;
 
@@ -12,8 +13,8 @@ use crate::report::Report;
 /// Checks that `path` names a format we can draw, before the run starts.
 pub fn check_format(path: &Path) -> anyhow::Result<()> {
     match extension(path).as_deref() {
-        Some("svg" | "html") => Ok(()),
-        _ => anyhow::bail!("--plot {}: use a .svg or .html file", path.display()),
+        Some("svg" | "html" | "png") => Ok(()),
+        _ => anyhow::bail!("--plot {}: use a .png, .svg or .html file", path.display()),
     }
 }
 
@@ -27,15 +28,51 @@ fn extension(path: &Path) -> Option<String> {
 pub fn write(report: &Report, path: &Path) -> anyhow::Result<()> {
     check_format(path)?;
     let svg = draw(report).map_err(|e| anyhow::anyhow!("drawing the plot failed: {e}"))?;
-    let content = if extension(path).as_deref() == Some("html") {
-        format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>loadgen: {}</title></head>\n<body>\n<h1>{} against {}</h1>\n{svg}\n</body></html>\n",
-            report.target, report.mode, report.target
-        )
-    } else {
-        svg
-    };
-    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))
+    match extension(path).as_deref() {
+        Some("png") => write_png(&svg, path),
+        Some("html") => {
+            let page = format!(
+                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>loadgen: {}</title></head>\n<body>\n<h1>{} against {}</h1>\n{svg}\n</body></html>\n",
+                report.target, report.mode, report.target
+            );
+            std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))
+        }
+        _ => std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+/// Rasterises the SVG on a white background. Labels need a system font (any sans-serif, e.g.
+/// Debian's fonts-dejavu-core); without one the lines are drawn and the text is left out.
+fn write_png(svg: &str, path: &Path) -> anyhow::Result<()> {
+    use resvg::{tiny_skia, usvg};
+    let mut options = usvg::Options::default();
+    let fonts = options.fontdb_mut();
+    fonts.load_system_fonts();
+    // The chart asks for the generic `sans-serif`; map it to a sans face this system has
+    // (fontdb's default, Arial, is rarely installed on Linux).
+    let sans = fonts
+        .faces()
+        .flat_map(|face| face.families.iter().map(|(name, _)| name.clone()))
+        .filter(|name| name.contains("Sans") && !name.contains("Mono"))
+        .min_by_key(String::len);
+    match sans {
+        Some(family) => fonts.set_sans_serif_family(family),
+        None => tracing::warn!(
+            "no sans-serif system font found: the PNG will have no labels (install fonts-dejavu-core, or use .svg)"
+        ),
+    }
+    let tree = usvg::Tree::from_str(svg, &options).context("the plot SVG does not parse")?;
+    let size = tree.size().to_int_size();
+    let mut pixmap =
+        tiny_skia::Pixmap::new(size.width(), size.height()).context("plot size is zero")?;
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    // Opaque background, so premultiplied RGBA equals straight RGBA.
+    let image = image::RgbaImage::from_raw(size.width(), size.height(), pixmap.take())
+        .context("pixmap size mismatch")?;
+    image
+        .save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;

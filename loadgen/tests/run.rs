@@ -194,6 +194,24 @@ async fn output_files_hold_the_series_and_the_plot_is_drawn() {
             .expect("html")
             .contains("<svg")
     );
+
+    // PNG: a real raster of the same chart (two panels of 1000×300 without --watch).
+    let png = dir.path().join("run.png");
+    let p = png.to_str().expect("utf8");
+    loadgen::run(opts(
+        &url,
+        &["--rate", "20", "--duration", "1s", "--plot", p],
+    ))
+    .await
+    .expect("run");
+    let picture = image::open(&png).expect("a decodable PNG");
+    assert_eq!((picture.width(), picture.height()), (1000, 600));
+    let rgb = picture.to_rgb8();
+    let coloured = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(
+        coloured > 5_000,
+        "the chart is drawn, not a blank page: {coloured} pixels"
+    );
 }
 
 #[test]
@@ -258,10 +276,10 @@ fn user_errors_are_clear_and_the_error_rate_sets_the_exit_code() {
         "--duration",
         "1s",
         "--plot",
-        "x.png",
+        "x.gif",
     ]);
     assert!(
-        !o.status.success() && stderr(&o).contains(".svg or .html"),
+        !o.status.success() && stderr(&o).contains(".png, .svg or .html"),
         "{}",
         stderr(&o)
     );
