@@ -64,11 +64,6 @@ impl Models {
     pub fn iter(&self) -> impl Iterator<Item = &ModelEntry> {
         self.by_name.values()
     }
-
-    /// Name of the default model.
-    pub fn default_name(&self) -> &str {
-        &self.default
-    }
 }
 
 /// Limits applied to every request.

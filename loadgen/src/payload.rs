@@ -112,14 +112,4 @@ impl Payloads {
         };
         self.items[index].clone()
     }
-
-    /// Number of distinct bodies.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Never true once constructed; for clippy's `len_without_is_empty`.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
