@@ -220,69 +220,42 @@ fn user_errors_are_clear_and_the_error_rate_sets_the_exit_code() {
     let run = |args: &[&str]| Command::new(bin).args(args).output().expect("run loadgen");
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
 
-    let o = run(&[
-        "--target",
-        "localhost:8080/v1/classify",
-        "--rate",
-        "1",
-        "--duration",
-        "1s",
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("scheme"),
-        "{}",
-        stderr(&o)
-    );
-    let o = run(&[
-        "--target",
-        "http://127.0.0.1:9/v1/classify",
-        "--rate",
-        "1",
-        "--duration",
-        "1s",
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("cannot connect to 127.0.0.1:9"),
-        "{}",
-        stderr(&o)
-    );
-    let o = run(&["--target", "http://127.0.0.1:9/", "--stages", "30s:5,2m"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("DURATION:RATE"),
-        "{}",
-        stderr(&o)
-    );
     let empty = tempfile::tempdir().expect("dir");
-    let o = run(&[
-        "--target",
-        "http://127.0.0.1:9/",
-        "--rate",
-        "1",
-        "--duration",
-        "1s",
-        "--images",
-        empty.path().to_str().expect("utf8"),
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("no JPEG, PNG or WebP images"),
-        "{}",
-        stderr(&o)
-    );
-    let o = run(&[
-        "--target",
-        "http://127.0.0.1:9/",
-        "--rate",
-        "1",
-        "--duration",
-        "1s",
-        "--plot",
-        "x.gif",
-    ]);
-    assert!(
-        !o.status.success() && stderr(&o).contains(".png, .svg or .html"),
-        "{}",
-        stderr(&o)
-    );
+    let empty = empty.path().to_str().expect("utf8");
+    let one_second = ["--rate", "1", "--duration", "1s"];
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["--target", "localhost:8080/v1/classify"], "scheme"),
+        (
+            vec!["--target", "http://127.0.0.1:9/v1/classify"],
+            "cannot connect to 127.0.0.1:9",
+        ),
+        (
+            vec!["--target", "http://127.0.0.1:9/", "--images", empty],
+            "no JPEG, PNG or WebP images",
+        ),
+        (
+            vec!["--target", "http://127.0.0.1:9/", "--plot", "x.gif"],
+            ".png, .svg or .html",
+        ),
+        (
+            vec!["--target", "http://127.0.0.1:9/", "--stages", "30s:5,2m"],
+            "DURATION:RATE",
+        ),
+    ];
+    for (args, needle) in cases {
+        // The stages case brings its own profile; the others run one second at 1/s.
+        let profile: &[&str] = if args.contains(&"--stages") {
+            &[]
+        } else {
+            &one_second
+        };
+        let o = run(&[args.as_slice(), profile].concat());
+        assert!(
+            !o.status.success() && stderr(&o).contains(needle),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let url = runtime.block_on(server(
