@@ -152,6 +152,32 @@ async fn load(url: &str, n: usize, concurrency: usize) -> Vec<(u16, String)> {
     all
 }
 
+/// POSTs once and returns the JSON `error` message, checking the status.
+async fn error_of(url: &str, status: u16) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/classify"))
+        .body("x")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), status);
+    let body: Value = r.json().await.expect("JSON");
+    body["error"]
+        .as_str()
+        .expect("an error message")
+        .to_string()
+}
+
+/// The dispatcher's `/metrics` text.
+async fn metrics_of(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text")
+}
+
 fn shares(results: &[(u16, String)]) -> HashMap<String, f64> {
     let mut counts: HashMap<String, f64> = HashMap::new();
     for (_, upstream) in results {
@@ -247,12 +273,7 @@ async fn an_upstream_killed_mid_load_costs_no_client_request() {
     assert_eq!(failed, 0, "every request was retried on a live upstream");
     let after_kill = victim.hits.load(Ordering::Relaxed);
     assert!(after_kill > 0, "the victim served traffic before it died");
-    let metrics = reqwest::get(format!("{}/metrics", d.url))
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&d.url).await;
     assert!(metrics.contains("dispatcher_retries_total"), "{metrics}");
     assert!(
         metrics.contains("dispatcher_upstreams{state=\"ejected\"} 1"),
@@ -269,21 +290,8 @@ async fn overload_and_missing_upstreams_get_clear_json_errors() {
     dead.task.abort();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let d = Dispatcher::start(&[&dead], &[]).await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/classify", d.url))
-        .body("x")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(r.status(), 502);
-    let body: Value = r.json().await.expect("JSON");
-    assert!(
-        body["error"]
-            .as_str()
-            .expect("error")
-            .contains(&dead_address),
-        "{body}"
-    );
+    let error = error_of(&d.url, 502).await;
+    assert!(error.contains(&dead_address), "{error}");
     let missing = reqwest::get(format!("{}/elsewhere", d.url))
         .await
         .expect("sent");
@@ -297,12 +305,7 @@ async fn overload_and_missing_upstreams_get_clear_json_errors() {
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
     let refused = results.iter().filter(|(s, _)| *s == 503).count();
     assert_eq!((ok, refused), (1, 3), "{results:?}");
-    let metrics = reqwest::get(format!("{}/metrics", d.url))
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&d.url).await;
     assert!(
         metrics.contains("dispatcher_rejected_total{reason=\"queue_full\"} 3"),
         "{metrics}"
@@ -316,18 +319,8 @@ async fn overload_and_missing_upstreams_get_clear_json_errors() {
     // An upstream slower than the request timeout: 504, not retried, JSON error.
     let stuck = upstream("stuck", Duration::from_millis(800), StatusCode::OK).await;
     let d = Dispatcher::start(&[&stuck], &["--request-timeout-ms", "100"]).await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/classify", d.url))
-        .body("x")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(r.status(), 504);
-    let body: Value = r.json().await.expect("JSON");
-    assert!(
-        body["error"].as_str().expect("error").contains("timeout"),
-        "{body}"
-    );
+    let error = error_of(&d.url, 504).await;
+    assert!(error.contains("timeout"), "{error}");
     assert_eq!(
         stuck.hits.load(Ordering::Relaxed),
         1,

@@ -188,33 +188,34 @@ impl Stats {
 
     /// The per-second series.
     pub fn series(&self) -> Vec<SecondRow> {
-        self.seconds
-            .iter()
-            .enumerate()
-            .map(|(i, s)| SecondRow {
-                second: i as u64,
-                sent: s.sent,
-                ok: s.ok,
-                errors: s.errors,
-                completed: s.completed,
-                p50_ms: if s.latency.is_empty() {
-                    0.0
-                } else {
-                    ms(s.latency.value_at_quantile(0.5))
-                },
-                p99_ms: if s.latency.is_empty() {
-                    0.0
-                } else {
-                    ms(s.latency.value_at_quantile(0.99))
-                },
-            })
-            .collect()
+        (0..self.seconds.len()).map(|i| self.row(i)).collect()
     }
 
-    /// The most recent complete-ish second, for the progress line.
+    /// The most recent complete-ish second, for the progress line (computed alone: this runs
+    /// four times a second during the run).
     pub fn recent(&self, now: Duration) -> Option<SecondRow> {
         let index = now.as_secs().checked_sub(1)? as usize;
-        self.series().into_iter().nth(index)
+        (index < self.seconds.len()).then(|| self.row(index))
+    }
+
+    fn row(&self, index: usize) -> SecondRow {
+        let s = &self.seconds[index];
+        let quantile = |q| {
+            if s.latency.is_empty() {
+                0.0
+            } else {
+                ms(s.latency.value_at_quantile(q))
+            }
+        };
+        SecondRow {
+            second: index as u64,
+            sent: s.sent,
+            ok: s.ok,
+            errors: s.errors,
+            completed: s.completed,
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+        }
     }
 }
 
