@@ -6,6 +6,9 @@
 //! [`provider`] renders the rule's PromQL and queries [`prom`], and [`api`] writes the
 //! `MetricValueList`. [`auth`] guards all of it; [`server`] wires it up.
 
+pub mod api;
+pub mod auth;
+pub mod config;
 pub mod metrics;
 pub mod objects;
 pub mod prom;
@@ -16,3 +19,4 @@ pub mod registry;
 pub mod resources;
 pub mod rules;
 pub mod selector;
+pub mod server;

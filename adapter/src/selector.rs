@@ -210,9 +210,7 @@ fn validate_key(key: &str) -> Result<String, String> {
         None => (None, key),
     };
     if let Some(prefix) = prefix
-        && (prefix.is_empty()
-            || prefix.len() > 253
-            || !prefix.split('.').all(|part| is_dns_label(part)))
+        && (prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns_label))
     {
         return Err(format!(
             "label key prefix {prefix:?} must be a DNS subdomain"
