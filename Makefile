@@ -7,6 +7,7 @@ export CARGO_BUILD_JOBS ?= 2
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 PYTHON ?= python3
 MODELS ?= models
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
 
 # Pretrained ResNet50 (torchvision layout, exported by the ONNX model zoo, opset 17).
@@ -18,8 +19,14 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install what the tests need (Python reference packages)
+deps: ## install what the tests need (Python reference packages, Prometheus; checks kubectl)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r inference/scripts/requirements.txt
+	@command -v prometheus >/dev/null || { \
+	  echo "installing prometheus (Debian package) for the adapter's tests"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
+	    || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }; }
+	@command -v kubectl >/dev/null || { \
+	  echo "kubectl is needed by the adapter's tests: https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }
 
 .PHONY: build
 build: ## release build of every binary

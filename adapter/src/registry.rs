@@ -82,6 +82,8 @@ pub struct RegistryConfig {
 struct Sticky {
     entries: BTreeMap<MetricKey, (Discovered, u32)>,
     last_attempt: Option<Instant>,
+    /// Why the last relist failed, if it did: an unknown metric then cannot be called absent.
+    last_error: Option<PromError>,
 }
 
 /// The metric registry; cheap to read from many requests at once.
@@ -119,6 +121,7 @@ impl Registry {
             sticky: Mutex::new(Sticky {
                 entries: BTreeMap::new(),
                 last_attempt: None,
+                last_error: None,
             }),
             prometheus,
             config,
@@ -147,7 +150,11 @@ impl Registry {
         let recent = sticky
             .last_attempt
             .is_some_and(|at| at.elapsed() < self.config.lookup_interval);
-        if !recent {
+        if recent {
+            if let Some(error) = &sticky.last_error {
+                return Err(error.clone());
+            }
+        } else {
             tracing::debug!(metric = %key.metric, resource = %key.resource, "unknown metric: relisting now");
             self.relist_locked(&mut sticky).await?;
         }
@@ -195,9 +202,15 @@ impl Registry {
                 .await?;
             Ok::<_, PromError>((rules, series))
         });
-        let results = futures::future::try_join_all(calls).await.inspect_err(|error| {
-            tracing::warn!(%error, "series discovery failed; keeping the metrics already known");
-        })?;
+        let results = match futures::future::try_join_all(calls).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::warn!(%error, "series discovery failed; keeping the metrics already known");
+                sticky.last_error = Some(error.clone());
+                return Err(error);
+            }
+        };
+        sticky.last_error = None;
         let mut found = BTreeMap::new();
         let mut series_count = 0;
         for (rules, series) in &results {

@@ -1,0 +1,323 @@
+//! Authentication and authorization as the aggregator exercises them: a front-proxy client
+//! certificate with `X-Remote-*` headers, bearer tokens (TokenReview) and SubjectAccessReview.
+//! The API server is a stand-in (the only part that cannot run here), reached by the real
+//! kube-rs client through a kubeconfig.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::routing::post;
+use axum::{Json, Router};
+use common::{Adapter, get_json};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use serde_json::{Value, json};
+
+const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA"),
+        }
+    }
+
+    /// A client certificate and key, PEM, for `common_name`.
+    fn client(&self, common_name: &str) -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        cert.pem() + &key.serialize_pem()
+    }
+}
+
+fn client_with(identity_pem: Option<&str>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(true);
+    if let Some(pem) = identity_pem {
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    builder.build().expect("client")
+}
+
+/// Reviews seen by the stand-in API server.
+type Seen = Arc<Mutex<Vec<Value>>>;
+
+/// A stand-in API server: TokenReview knows one token (alice); SubjectAccessReview allows the
+/// HPA and alice, nobody else.
+async fn fake_api_server() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let sar_seen = seen.clone();
+    let app = Router::new()
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(|Json(review): Json<Value>| async move {
+                let good = review["spec"]["token"] == "good-token";
+                let mut answer = review.clone();
+                answer["status"] = if good {
+                    json!({"authenticated": true, "user": {"username": "alice", "groups": ["devs", "system:authenticated"]}})
+                } else {
+                    json!({"authenticated": false})
+                };
+                Json(answer)
+            }),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            post(move |Json(review): Json<Value>| {
+                let seen = sar_seen.clone();
+                async move {
+                    seen.lock().expect("lock").push(review["spec"].clone());
+                    let user = review["spec"]["user"].as_str().unwrap_or_default();
+                    let mut answer = review.clone();
+                    answer["status"] = json!({"allowed": user == HPA || user == "alice"});
+                    Json(answer)
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (api_url, seen) = fake_api_server().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
+             users:\n- name: adapter\n  user:\n    token: adapter-sa\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: adapter\n\
+             current-context: fake\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let front_proxy_ca = Ca::new("front-proxy-ca");
+    let rogue_ca = Ca::new("rogue-ca");
+    let ca_file = dir.path().join("requestheader-ca.pem");
+    std::fs::write(&ca_file, front_proxy_ca.issuer.pem()).expect("CA file");
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, include_str!("../rules.yaml")).expect("rules");
+
+    let adapter = Adapter::start(
+        &[
+            "--config",
+            rules.to_str().expect("utf-8"),
+            "--prometheus-url",
+            "http://127.0.0.1:1",
+            "--objects-from",
+            "prometheus",
+            "--authn",
+            "requestheader",
+            "--authz",
+            "kubernetes",
+            "--requestheader-client-ca-file",
+            ca_file.to_str().expect("utf-8"),
+            "--requestheader-allowed-names",
+            "front-proxy-client",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
+        dir.path(),
+    )
+    .await;
+    let discovery = adapter.url("/apis/custom.metrics.k8s.io/v1beta2");
+    let metric = adapter.url("/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/%2A/inference_requests_per_second");
+
+    // Health endpoints are open.
+    let anonymous = client_with(None);
+    for path in ["/healthz", "/livez"] {
+        let response = anonymous
+            .get(adapter.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+
+    // Refused: nothing, a forged header, a certificate from another CA, a name not allowed,
+    // a token the API server rejects.
+    let proxy = front_proxy_ca.client("front-proxy-client");
+    let rogue = rogue_ca.client("front-proxy-client");
+    let stranger = front_proxy_ca.client("someone-else");
+    let refused: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("no credentials", anonymous.get(&discovery)),
+        (
+            "forged header",
+            anonymous.get(&discovery).header("X-Remote-User", HPA),
+        ),
+        (
+            "rogue CA",
+            client_with(Some(&rogue))
+                .get(&discovery)
+                .header("X-Remote-User", HPA),
+        ),
+        (
+            "CN not allowed",
+            client_with(Some(&stranger))
+                .get(&discovery)
+                .header("X-Remote-User", HPA),
+        ),
+        (
+            "bad token",
+            anonymous.get(&discovery).bearer_auth("bad-token"),
+        ),
+        (
+            "proxy without user",
+            client_with(Some(&proxy)).get(&discovery),
+        ),
+    ];
+    for (case, request) in refused {
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 401, "{case}");
+        let body: Value = response.json().await.expect("Status JSON");
+        assert_eq!(body["kind"], "Status", "{case}");
+        assert_eq!(body["reason"], "Unauthorized", "{case}");
+    }
+
+    // The front proxy speaking for the HPA: allowed, and the SAR names the HPA and the
+    // request's resource attributes.
+    let hpa = client_with(Some(&proxy));
+    let response = hpa
+        .get(&metric)
+        .header("X-Remote-User", HPA)
+        .header("X-Remote-Group", "system:serviceaccounts")
+        .header("X-Remote-Group", "system:authenticated")
+        .header("X-Remote-Extra-Scopes", "a")
+        .send()
+        .await
+        .expect("request");
+    // Past the guard; Prometheus is not running, so the metric itself cannot be answered.
+    assert_eq!(response.status(), 503);
+    let review = seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a SubjectAccessReview");
+    assert_eq!(review["user"], HPA);
+    assert_eq!(
+        review["groups"],
+        json!(["system:serviceaccounts", "system:authenticated"])
+    );
+    assert_eq!(review["extra"]["scopes"], json!(["a"]));
+    assert_eq!(
+        review["resourceAttributes"],
+        json!({"namespace": "default", "verb": "get", "group": "custom.metrics.k8s.io", "version": "v1beta2",
+               "resource": "pods", "subresource": "inference_requests_per_second", "name": "*"})
+    );
+    let (status, _) = get_json(&hpa, &discovery).await;
+    assert_eq!(status, 401, "no X-Remote-User on this request");
+
+    // The same proxy speaking for someone the SAR denies: 403 naming the user.
+    let response = hpa
+        .get(&discovery)
+        .header("X-Remote-User", "mallory")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.expect("Status JSON");
+    assert_eq!(body["reason"], "Forbidden");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("mallory"),
+        "{body}"
+    );
+
+    // A bearer token: its reviewed identity is used, never a header sent beside it.
+    let response = anonymous
+        .get(&discovery)
+        .bearer_auth("good-token")
+        .header("X-Remote-User", HPA)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let review = seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a SubjectAccessReview");
+    assert_eq!(review["user"], "alice");
+    assert_eq!(
+        review["nonResourceAttributes"],
+        json!({"path": "/apis/custom.metrics.k8s.io/v1beta2", "verb": "get"})
+    );
+
+    let metrics = anonymous
+        .get(adapter.url("/metrics"))
+        .bearer_auth("good-token")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("metrics_adapter_auth_failures_total{reason=\"unauthenticated\"} 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("metrics_adapter_auth_failures_total{reason=\"forbidden\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authn_none_needs_no_api_server_and_warns() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, include_str!("../rules.yaml")).expect("rules");
+    let adapter = Adapter::start(
+        &[
+            "--config",
+            rules.to_str().expect("utf-8"),
+            "--prometheus-url",
+            "http://127.0.0.1:1",
+            "--objects-from",
+            "prometheus",
+            "--authn",
+            "none",
+        ],
+        &[("KUBECONFIG", "/nonexistent")],
+        dir.path(),
+    )
+    .await;
+    let (status, body) = get_json(
+        &client_with(None),
+        &adapter.url("/apis/custom.metrics.k8s.io/v1beta1"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["resources"][0]["name"], "namespaces/no_metrics_discovered_yet",
+        "never an empty list"
+    );
+    assert!(
+        adapter.logs().contains("EVERY CALLER IS TRUSTED"),
+        "{}",
+        adapter.logs()
+    );
+}
