@@ -534,3 +534,117 @@ async fn rules_reload_without_restart_and_bad_files_are_refused() {
         adapter.logs()
     );
 }
+
+/// A stand-in API server listing three pods (metadata only, as the watch cache asks), whose
+/// watch stays open with no events.
+async fn fake_pod_api() -> String {
+    use axum::extract::RawQuery;
+    use axum::routing::get;
+    let pods = [
+        ("inference-a", "inference"),
+        ("inference-b", "inference"),
+        ("inference-c.x", "other"),
+    ];
+    let list = serde_json::json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "100"},
+        "items": pods.iter().map(|(name, app)| serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {"name": name, "namespace": NAMESPACE, "resourceVersion": "100", "labels": {"app": app}}
+        })).collect::<Vec<_>>()
+    });
+    let app = axum::Router::new().route(
+        "/api/v1/pods",
+        get(move |RawQuery(query): RawQuery| {
+            let list = list.clone();
+            async move {
+                if query.unwrap_or_default().contains("watch=true") {
+                    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+                    axum::body::Body::from_stream(never).into_response()
+                } else {
+                    axum::Json(list).into_response()
+                }
+            }
+        }),
+    );
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_selectors_resolve_through_the_object_watch_cache() {
+    let dir = tempfile::tempdir().expect("dir");
+    let exporter = Exporter::start().await;
+    let prometheus = Prometheus::start(&exporter, dir.path()).await;
+    prometheus.wait_for_rates().await;
+    let rules = write_rules(dir.path(), "");
+    let api = fake_pod_api().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api}\n\
+             users:\n- name: a\n  user:\n    token: t\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: a\n\
+             current-context: fake\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let url = prometheus.url();
+    let adapter = Adapter::start(
+        &[
+            "--prometheus-url",
+            &url,
+            "--config",
+            &rules,
+            "--objects-from",
+            "kubernetes",
+            "--authn",
+            "none",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
+        dir.path(),
+    )
+    .await;
+    let client = insecure_client();
+    let path = format!("{V2}/namespaces/{NAMESPACE}/pods/*/inference_in_flight_requests");
+    // Pod labels come from the API server (the series have no `app=other`).
+    let (status, list) = get_json(
+        &client,
+        &adapter.url(&format!("{path}?labelSelector=app%3Dinference")),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        values(&list),
+        [
+            ("inference-a".to_owned(), 3000),
+            ("inference-b".to_owned(), 7000)
+        ]
+    );
+    let (_, list) = get_json(
+        &client,
+        &adapter.url(&format!("{path}?labelSelector=app%3Dother")),
+    )
+    .await;
+    assert_eq!(values(&list), [("inference-c.x".to_owned(), 5000)]);
+    // No pod matches: an empty list (the HPA reports "no metrics returned").
+    let (status, list) = get_json(
+        &client,
+        &adapter.url(&format!("{path}?labelSelector=app%3Dnone")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"], Value::Array(vec![]));
+    assert!(
+        adapter.logs().contains("started object watch cache"),
+        "{}",
+        adapter.logs()
+    );
+}
