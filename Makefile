@@ -74,6 +74,11 @@ serve: ## run the inference server on :8080 with the model from `make model`
 	cargo build --release -p inference
 	$(RELEASE_BIN)/inference serve --listen 0.0.0.0:8080 --model $(MODELS)
 
+.PHONY: bench-adapter
+bench-adapter: ## adapter overhead over Prometheus for a 100-pod metric, and its memory (docs/PERFORMANCE.md)
+	cargo build --release -p adapter --bin metrics-adapter
+	ADAPTER_BIN=$(RELEASE_BIN)/metrics-adapter cargo run --release -p adapter --example bench_overhead
+
 .PHONY: bench-dispatcher
 bench-dispatcher: ## dispatcher vs nginx proxy_pass, and the slow-backend experiment (needs nginx, wrk)
 	cargo build --release -p dispatcher --bins --examples

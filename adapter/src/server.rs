@@ -41,8 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let grace = config.shutdown_grace;
-    serve_on(listener, config, shutdown_signal(grace)).await
+    serve_on(listener, config, shutdown_signal()).await
 }
 
 /// Serves on `listener` until `shutdown` completes, then lets in-flight requests finish.
@@ -156,6 +155,7 @@ async fn build_guard(
         );
         return Ok(None);
     }
+    let from_configmap = config.requestheader_client_ca_file.is_none();
     let request_header = match &config.requestheader_client_ca_file {
         Some(path) => {
             let ca =
@@ -171,9 +171,7 @@ async fn build_guard(
         }
         None => {
             let client = kube.context("request-header authentication needs the API server")?;
-            let loaded = load_request_header(client).await?;
-            spawn_request_header_refresh(client.clone());
-            loaded
+            load_request_header(client).await?
         }
     };
     tracing::info!(settings = ?request_header, "front-proxy authentication configured");
@@ -186,14 +184,11 @@ async fn build_guard(
         },
         metrics: metrics.clone(),
     });
-    if config.requestheader_client_ca_file.is_none() {
-        GUARD.get_or_init(|| guard.clone());
+    if let (true, Some(client)) = (from_configmap, kube) {
+        spawn_request_header_refresh(client.clone(), guard.clone());
     }
     Ok(Some(guard))
 }
-
-/// The guard whose request-header settings the ConfigMap refresher updates.
-static GUARD: std::sync::OnceLock<Arc<Guard>> = std::sync::OnceLock::new();
 
 async fn load_request_header(client: &kube::Client) -> anyhow::Result<RequestHeaderAuth> {
     let (namespace, name) = AUTH_CONFIGMAP;
@@ -208,18 +203,14 @@ async fn load_request_header(client: &kube::Client) -> anyhow::Result<RequestHea
 }
 
 /// Re-reads the ConfigMap every minute so CA rotation needs no restart.
-fn spawn_request_header_refresh(client: kube::Client) {
+fn spawn_request_header_refresh(client: kube::Client, guard: Arc<Guard>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
         loop {
             tick.tick().await;
             match load_request_header(&client).await {
-                Ok(settings) => {
-                    if let Some(guard) = GUARD.get() {
-                        guard.request_header.store(Some(Arc::new(settings)));
-                    }
-                }
+                Ok(settings) => guard.request_header.store(Some(Arc::new(settings))),
                 Err(error) => {
                     tracing::warn!(
                         error = format!("{error:#}"),
@@ -363,7 +354,7 @@ async fn serve_tls(
     }
 }
 
-async fn shutdown_signal(_grace: Duration) {
+async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -59,10 +59,29 @@ type Seen = Arc<Mutex<Vec<Value>>>;
 
 /// A stand-in API server: TokenReview knows one token (alice); SubjectAccessReview allows the
 /// HPA and alice, nobody else.
-async fn fake_api_server() -> (String, Seen) {
+async fn fake_api_server(front_proxy_ca_pem: String) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let sar_seen = seen.clone();
+    // What kube-apiserver publishes for extension API servers (list values are JSON arrays).
+    let config_map = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+        "data": {
+            "requestheader-client-ca-file": front_proxy_ca_pem,
+            "requestheader-allowed-names": "[\"front-proxy-client\"]",
+            "requestheader-username-headers": "[\"X-Remote-User\"]",
+            "requestheader-group-headers": "[\"X-Remote-Group\"]",
+            "requestheader-extra-headers-prefix": "[\"X-Remote-Extra-\"]"
+        }
+    });
     let app = Router::new()
+        .route(
+            "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication",
+            axum::routing::get(move || {
+                let config_map = config_map.clone();
+                async move { Json(config_map) }
+            }),
+        )
         .route(
             "/apis/authentication.k8s.io/v1/tokenreviews",
             post(|Json(review): Json<Value>| async move {
@@ -97,11 +116,8 @@ async fn fake_api_server() -> (String, Seen) {
     (url, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (api_url, seen) = fake_api_server().await;
-    let kubeconfig = dir.path().join("kubeconfig");
+fn write_kubeconfig(dir: &std::path::Path, api_url: &str) -> std::path::PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
@@ -111,8 +127,65 @@ async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
         ),
     )
     .expect("kubeconfig");
+    kubeconfig
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_header_settings_come_from_the_cluster_configmap() {
+    let dir = tempfile::tempdir().expect("dir");
+    let front_proxy_ca = Ca::new("front-proxy-ca");
+    let (api_url, _) = fake_api_server(front_proxy_ca.issuer.pem()).await;
+    let kubeconfig = write_kubeconfig(dir.path(), &api_url);
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, include_str!("../rules.yaml")).expect("rules");
+    let adapter = Adapter::start(
+        &[
+            "--config",
+            rules.to_str().expect("utf-8"),
+            "--prometheus-url",
+            "http://127.0.0.1:1",
+            "--objects-from",
+            "prometheus",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
+        dir.path(),
+    )
+    .await;
+    let discovery = adapter.url("/apis/custom.metrics.k8s.io/v1beta2");
+    let proxy = client_with(Some(&front_proxy_ca.client("front-proxy-client")));
+    let response = proxy
+        .get(&discovery)
+        .header("X-Remote-User", HPA)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{}", adapter.logs());
+    let stranger = client_with(Some(&front_proxy_ca.client("someone-else")));
+    let response = stranger
+        .get(&discovery)
+        .header("X-Remote-User", HPA)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        401,
+        "allowed names come from the ConfigMap too"
+    );
+    assert!(
+        adapter.logs().contains("front-proxy-client"),
+        "the settings are logged at start"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
+    let dir = tempfile::tempdir().expect("dir");
     let front_proxy_ca = Ca::new("front-proxy-ca");
     let rogue_ca = Ca::new("rogue-ca");
+    // The ConfigMap names another CA: the flag must win.
+    let (api_url, seen) = fake_api_server(rogue_ca.issuer.pem()).await;
+    let kubeconfig = write_kubeconfig(dir.path(), &api_url);
     let ca_file = dir.path().join("requestheader-ca.pem");
     std::fs::write(&ca_file, front_proxy_ca.issuer.pem()).expect("CA file");
     let rules = dir.path().join("rules.yaml");

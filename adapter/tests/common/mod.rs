@@ -35,8 +35,11 @@ pub const PODS: &[(&str, &str, f64, f64)] = &[
 /// The namespace every exported series is in.
 pub const NAMESPACE: &str = "imageclassifier";
 
-/// An exporter whose counters grow at the fixed rates in [`PODS`]; `late` adds a series that
-/// did not exist at start.
+/// One exported pod: name, tier label, requests per second, in-flight gauge.
+pub type Pod = (String, String, f64, f64);
+
+/// An exporter whose counters grow at fixed rates ([`PODS`] by default); `late` adds a series
+/// that did not exist at start.
 pub struct Exporter {
     pub address: String,
     pub late: Arc<AtomicBool>,
@@ -44,15 +47,28 @@ pub struct Exporter {
 
 impl Exporter {
     pub async fn start() -> Self {
+        let pods = PODS
+            .iter()
+            .map(|(pod, tier, rate, in_flight)| {
+                ((*pod).to_owned(), (*tier).to_owned(), *rate, *in_flight)
+            })
+            .collect();
+        Self::with_pods(pods).await
+    }
+
+    /// An exporter for these pods.
+    pub async fn with_pods(pods: Vec<Pod>) -> Self {
         let started = Instant::now();
         let late = Arc::new(AtomicBool::new(false));
         let show_late = late.clone();
+        let pods = Arc::new(pods);
         let app = Router::new().route(
             "/metrics",
             get(move || {
                 let elapsed = started.elapsed().as_secs_f64();
                 let late = show_late.load(Ordering::Relaxed);
-                async move { exposition(elapsed, late) }
+                let pods = pods.clone();
+                async move { exposition(&pods, elapsed, late) }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -64,16 +80,16 @@ impl Exporter {
     }
 }
 
-fn exposition(elapsed: f64, late: bool) -> String {
+fn exposition(pods: &[Pod], elapsed: f64, late: bool) -> String {
     let mut text = String::from("# TYPE inference_requests_total counter\n");
-    for (pod, tier, rate, _) in PODS {
+    for (pod, tier, rate, _) in pods {
         text += &format!(
             "inference_requests_total{{namespace=\"{NAMESPACE}\",pod=\"{pod}\",app=\"inference\",tier=\"{tier}\",code=\"200\"}} {}\n",
             (rate * elapsed).floor()
         );
     }
     text += "# TYPE inference_in_flight_requests gauge\n";
-    for (pod, tier, _, in_flight) in PODS {
+    for (pod, tier, _, in_flight) in pods {
         text += &format!(
             "inference_in_flight_requests{{namespace=\"{NAMESPACE}\",pod=\"{pod}\",app=\"inference\",tier=\"{tier}\"}} {in_flight}\n"
         );
@@ -208,11 +224,16 @@ impl Prometheus {
 
     /// Waits until every pod has enough samples for a 30 s rate.
     pub async fn wait_for_rates(&self) {
+        self.wait_for_series(PODS.len()).await;
+    }
+
+    /// Waits until `pods` pods have enough samples for a 30 s rate.
+    pub async fn wait_for_series(&self, pods: usize) {
         wait_for("rates in Prometheus", Duration::from_secs(30), || async {
             self.query("rate(inference_requests_total[30s])")
                 .await
                 .len()
-                == PODS.len()
+                == pods
         })
         .await;
     }
@@ -244,7 +265,12 @@ impl Adapter {
     pub async fn start(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
         let port = free_port();
         let log = log_dir.join(format!("adapter-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_metrics-adapter"))
+        // Integration tests get the binary from cargo; the benchmark passes ADAPTER_BIN.
+        let binary = std::env::var("ADAPTER_BIN")
+            .ok()
+            .or(option_env!("CARGO_BIN_EXE_metrics-adapter").map(str::to_owned))
+            .expect("ADAPTER_BIN: path of the metrics-adapter binary");
+        let child = Command::new(binary)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
@@ -278,6 +304,11 @@ impl Adapter {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id (for reading its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM and waits for the exit status.
