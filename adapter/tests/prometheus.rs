@@ -178,8 +178,9 @@ async fn serves_what_prometheus_computes() {
             .find(|(labels, _, _)| labels["pod"] == pod.as_str())
             .expect("pod in direct answer");
         let reference_milli = (reference * 1000.0) as i64;
-        // Both evaluate "now", a few milliseconds apart, over a 1 s scrape: allow 5 %.
-        let tolerance = reference_milli / 20 + 1;
+        // Both evaluate "now", a few milliseconds apart; a scrape landing in between moves a
+        // 30 s rate by up to one increment over the window: allow 10 %.
+        let tolerance = reference_milli / 10 + 1;
         assert!(
             (value - reference_milli).abs() <= tolerance,
             "{pod}: served {value}m, Prometheus {reference_milli}m"
