@@ -10,30 +10,29 @@ use crate::model::{Classifier, ModelSpec, Preprocess, find_specs, sha256_file};
 
 /// Loads the model called `name` (or the first one) from `--model`.
 pub fn load_model(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<Classifier> {
-    let specs = find_specs(&args.model)?;
-    let path = match name {
-        None => specs[0].clone(),
-        Some(name) => {
-            let mut names = Vec::new();
-            let mut found = None;
-            for path in &specs {
-                let (spec, _) = ModelSpec::read(path)?;
-                if spec.name == name {
-                    found = Some(path.clone());
-                    break;
-                }
-                names.push(spec.name);
-            }
-            found.with_context(|| {
-                format!(
-                    "no model named '{name}' in {} (found: {})",
-                    args.model.display(),
-                    names.join(", ")
-                )
-            })?
-        }
-    };
+    let path = model_spec_path(args, name)?;
     Classifier::load(&path, args.device).with_context(|| format!("loading {}", path.display()))
+}
+
+/// The description of the model called `name` (or the first one) under `--model`.
+pub fn model_spec_path(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<PathBuf> {
+    let specs = find_specs(&args.model)?;
+    let Some(name) = name else {
+        return Ok(specs[0].clone());
+    };
+    let mut names = Vec::new();
+    for path in &specs {
+        let (spec, _) = ModelSpec::read(path)?;
+        if spec.name == name {
+            return Ok(path.clone());
+        }
+        names.push(spec.name);
+    }
+    bail!(
+        "no model named '{name}' in {} (found: {})",
+        args.model.display(),
+        names.join(", ")
+    )
 }
 
 /// Prints the top-k classes of each image.

@@ -41,10 +41,12 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check an ONNX classifier and write the model description the server loads.
     Import(ImportArgs),
+    /// Measure top-1/top-5 accuracy on a labelled dataset (locally or through a server).
+    Eval(EvalArgs),
 }
 
 /// Where the model comes from and what runs it; shared by every subcommand that loads one.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model description (`*.json`, written by `inference import`) or a folder of them.
     #[arg(long, env = "INFERENCE_MODEL", default_value = "models")]
@@ -171,4 +173,38 @@ pub struct ImportArgs {
     /// Backend used to check that the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+}
+
+/// `inference eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// An ImageFolder tree (`DIR/<class>/<image>`) or a `file,label` CSV/TSV (label: class name,
+    /// label id such as an ImageNet synset, or class index).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Which model of the folder to evaluate (by name); default: the first.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Dataset class → model class, one `dataset class<TAB>model label, id or index` per line,
+    /// for datasets whose class names differ from the model's labels.
+    #[arg(long)]
+    pub class_map: Option<PathBuf>,
+    /// Classify through a running server (inference or dispatcher) instead of loading the model
+    /// here, e.g. `http://localhost:8080`; `--model` then only supplies the label list.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The k of top-k accuracy.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Most images per forward pass (local evaluation).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch_size: u16,
+    /// Images being read or classified at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Print the report as JSON (no progress bar).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod bench;
 pub mod commands;
 pub mod config;
+pub mod eval;
 pub mod metrics;
 pub mod model;
 pub mod server;
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Classify(args) => blocking(move || commands::classify(&args)).await,
         Command::Bench(args) => blocking(move || bench::bench(&args)).await,
         Command::Import(args) => blocking(move || commands::import(&args)).await,
+        Command::Eval(args) => eval::eval(args).await,
     }
 }
 

@@ -125,25 +125,43 @@ impl ModelSpec {
 
     /// Loads the label list the description names.
     pub fn load_labels(&self, dir: &Path) -> Result<Vec<String>, SpecError> {
+        Ok(parse_labels(&self.label_text(dir)?))
+    }
+
+    /// The ids of the labels (`n01440764`…) where the label file has an `id<TAB>label` column,
+    /// so datasets named by id (ImageNet's synset folders) map onto the model's classes.
+    pub fn load_label_ids(&self, dir: &Path) -> Result<Vec<Option<String>>, SpecError> {
+        Ok(parse_label_ids(&self.label_text(dir)?))
+    }
+
+    fn label_text(&self, dir: &Path) -> Result<String, SpecError> {
         if self.labels == IMAGENET_LABELS {
-            return Ok(parse_labels(IMAGENET_TSV));
+            return Ok(IMAGENET_TSV.to_owned());
         }
         let path = dir.join(&self.labels);
-        let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Io {
+        std::fs::read_to_string(&path).map_err(|source| SpecError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-        Ok(parse_labels(&text))
+        })
     }
 }
 
 /// One label per non-empty line; with `id<TAB>label` lines the label is the second column.
 pub fn parse_labels(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
+    label_lines(text)
         .map(|l| l.split_once('\t').map_or(l, |(_, label)| label).to_string())
         .collect()
+}
+
+/// The id column of `id<TAB>label` lines, `None` for lines without one.
+pub fn parse_label_ids(text: &str) -> Vec<Option<String>> {
+    label_lines(text)
+        .map(|l| l.split_once('\t').map(|(id, _)| id.to_string()))
+        .collect()
+}
+
+fn label_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim_end).filter(|l| !l.is_empty())
 }
 
 #[cfg(test)]
@@ -157,6 +175,10 @@ mod tests {
         assert_eq!(labels[0], "tench, Tinca tinca");
         assert_eq!(labels[281], "tabby, tabby cat");
         assert_eq!(labels[999], "toilet tissue, toilet paper, bathroom tissue");
+        let ids = parse_label_ids(IMAGENET_TSV);
+        assert_eq!(ids.len(), 1000);
+        assert_eq!(ids[0].as_deref(), Some("n01440764"));
+        assert_eq!(parse_label_ids("red\nblue\n"), [None, None]);
     }
 
     #[test]

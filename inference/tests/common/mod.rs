@@ -154,8 +154,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `inference serve` with `extra` flags and waits until `/readyz` says ready.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with_models(models(), extra).await
+    }
+
+    /// Like [`TestServer::start`], serving the models in `models` instead of the fixtures.
+    pub async fn start_with_models(models: &Path, extra: &[&str]) -> Self {
         use clap::Parser;
-        let models = models().to_str().expect("UTF-8").to_string();
+        let models = models.to_str().expect("UTF-8").to_string();
         let mut argv = vec!["inference", "serve", "--model", &models];
         argv.extend_from_slice(extra);
         let inference::config::Command::Serve(args) =
