@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::config::{ClassifyArgs, ImportArgs, ModelArgs};
+use crate::config::{ClassifyArgs, DEFAULT_MODELS, ImportArgs, ModelArgs};
 use crate::model::spec::IMAGENET_LABELS;
 use crate::model::{Classifier, ModelSpec, Preprocess, find_specs, sha256_file};
 
@@ -15,7 +15,21 @@ pub fn load_model(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<Classi
 }
 
 /// The description of the model called `name` (or the first one) under `--model`.
+///
+/// `--model resnet50` (a bare name that is not a path) means the model of that name in the
+/// default folder, so `inference eval --model resnet50 --dataset …` reads as it sounds.
 pub fn model_spec_path(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<PathBuf> {
+    let bare = args
+        .model
+        .to_str()
+        .filter(|m| !args.model.exists() && !m.contains('/') && !m.contains('.') && !m.is_empty());
+    if let (Some(model_name), None) = (bare, name) {
+        let in_default = ModelArgs {
+            model: PathBuf::from(DEFAULT_MODELS),
+            device: args.device,
+        };
+        return model_spec_path(&in_default, Some(model_name));
+    }
     let specs = find_specs(&args.model)?;
     let Some(name) = name else {
         return Ok(specs[0].clone());

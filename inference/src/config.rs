@@ -45,11 +45,15 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
+/// Where `make model` puts models, and where `--model` looks by default.
+pub const DEFAULT_MODELS: &str = "models";
+
 /// Where the model comes from and what runs it; shared by every subcommand that loads one.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A model description (`*.json`, written by `inference import`) or a folder of them.
-    #[arg(long, env = "INFERENCE_MODEL", default_value = "models")]
+    /// A model description (`*.json`, written by `inference import`), a folder of them, or the
+    /// name of a model in `./models`.
+    #[arg(long, env = "INFERENCE_MODEL", default_value = DEFAULT_MODELS)]
     pub model: PathBuf,
     /// Backend: burn's flex CPU backend, or a GPU when built with `--features wgpu|cuda`.
     #[arg(long, env = "INFERENCE_DEVICE", value_enum, default_value_t = DeviceChoice::Cpu)]

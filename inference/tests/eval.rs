@@ -162,6 +162,20 @@ fn image_folder_accuracy_is_what_the_construction_implies() {
     );
     assert!(report["images_per_second"].as_f64().expect("rate") > 0.0);
 
+    // `--model NAME` finds the model of that name in ./models.
+    let output = Command::new(env!("CARGO_BIN_EXE_inference"))
+        .current_dir(dir.path())
+        .args(["eval", "--model", "colours", "--dataset", "data", "--json"])
+        .output()
+        .expect("run inference eval");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let by_name: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_expected(&by_name);
+
     // The text report says the same.
     let (ok, stdout, stderr) = eval(&[
         "--model",
