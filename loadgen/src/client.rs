@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -49,9 +49,10 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct Client {
     address: String,
-    path: String,
-    host: HeaderValue,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Parsed once: parsing the URI and building the header map per request showed up at
+    /// tens of thousands of requests per second.
+    path: Uri,
+    headers: HeaderMap,
     timeout: Duration,
     keepalive: bool,
 }
@@ -126,18 +127,29 @@ impl Client {
         let authority = target
             .authority()
             .map_or_else(|| format!("{host}:{port}"), |a| a.to_string());
+        let path = target
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        let mut fixed = HeaderMap::with_capacity(headers.len() + 3);
+        fixed.insert(
+            header::HOST,
+            HeaderValue::from_str(&authority).unwrap_or(HeaderValue::from_static("localhost")),
+        );
+        for (name, value) in headers {
+            fixed.insert(name, value);
+        }
+        if !keepalive {
+            fixed.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         Self {
             address: format!(
                 "{}:{port}",
                 host.trim_start_matches('[').trim_end_matches(']')
             ),
-            path: target
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            host: HeaderValue::from_str(&authority)
-                .unwrap_or(HeaderValue::from_static("localhost")),
-            headers,
+            path,
+            headers: fixed,
             timeout,
             keepalive,
         }
@@ -145,19 +157,14 @@ impl Client {
 
     /// POSTs `payload` on `connection` and reads the whole response.
     pub async fn send(&self, connection: &mut Connection, payload: Payload) -> Outcome {
-        let mut request = Request::post(self.path.as_str())
-            .header(header::HOST, self.host.clone())
-            .header(header::CONTENT_TYPE, payload.content_type)
-            .body(Full::new(payload.body))
-            .expect("a valid path and static headers always build a request");
-        for (name, value) in &self.headers {
-            request.headers_mut().insert(name.clone(), value.clone());
-        }
-        if !self.keepalive {
-            request
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        let mut request = Request::new(Full::new(payload.body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.path.clone();
+        let headers = request.headers_mut();
+        *headers = self.headers.clone();
+        headers
+            .entry(header::CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static(payload.content_type));
         let exchange = async {
             let sender = self.ready(connection).await?;
             let response = sender

@@ -168,7 +168,7 @@ fn progress_bar(total: Duration, quiet: bool) -> ProgressBar {
 
 /// Aggregates samples and refreshes the progress line a few times a second.
 async fn collect(
-    mut received: mpsc::UnboundedReceiver<Sample>,
+    mut received: mpsc::UnboundedReceiver<Vec<Sample>>,
     progress: ProgressBar,
     started: Instant,
 ) -> Stats {
@@ -176,8 +176,8 @@ async fn collect(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            sample = received.recv() => match sample {
-                Some(sample) => stats.record(sample),
+            batch = received.recv() => match batch {
+                Some(batch) => batch.into_iter().for_each(|sample| stats.record(sample)),
                 None => return stats,
             },
             _ = tick.tick() => {
@@ -204,7 +204,7 @@ async fn open_loop(
     payloads: &Arc<Payloads>,
     connections: usize,
     timeout: Duration,
-    samples: mpsc::UnboundedSender<Sample>,
+    samples: mpsc::UnboundedSender<Vec<Sample>>,
 ) {
     let connections_n = connections.max(1);
     let pool = Arc::new(Connections::new(connections_n));
@@ -214,12 +214,12 @@ async fn open_loop(
         tokio::time::sleep_until(intended).await;
         let Ok(mut connection) = tokio::time::timeout_at(intended + timeout, pool.take()).await
         else {
-            let _ = samples.send(Sample {
+            let _ = samples.send(vec![Sample {
                 intended: offset,
                 latency: timeout,
                 outcome: Outcome::Dropped,
                 late: true,
-            });
+            }]);
             continue;
         };
         let late = intended.elapsed() > LATE_AFTER;
@@ -233,17 +233,24 @@ async fn open_loop(
             let outcome = client.send(&mut connection, payload).await;
             let latency = intended.elapsed();
             pool.give_back(connection);
-            let _ = samples.send(Sample {
+            let _ = samples.send(vec![Sample {
                 intended: offset,
                 latency,
                 outcome,
                 late,
-            });
+            }]);
         });
     }
     // Wait for the requests still in flight.
     pool.drain(connections_n).await;
 }
+
+/// Samples a closed-loop worker collects before handing them over. Handing over one sample
+/// per response woke the collector tens of thousands of times a second, which cost peak
+/// throughput; a batch (or whatever is pending every [`FLUSH_EVERY`], so the progress line stays
+/// live) does not.
+const BATCH: usize = 256;
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// `concurrency` workers, each sending its next request when the previous one is answered.
 async fn closed_loop(
@@ -251,7 +258,7 @@ async fn closed_loop(
     duration: Duration,
     client: &Client,
     payloads: &Arc<Payloads>,
-    samples: mpsc::UnboundedSender<Sample>,
+    samples: mpsc::UnboundedSender<Vec<Sample>>,
 ) {
     let start = Instant::now();
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -265,16 +272,28 @@ async fn closed_loop(
             );
             tokio::spawn(async move {
                 let mut connection = Connection::default();
-                while start.elapsed() < duration {
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut flushed = start;
+                let mut now = start;
+                while now.duration_since(start) < duration {
                     let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let sent = Instant::now();
+                    let sent = now;
                     let outcome = client.send(&mut connection, payloads.get(i)).await;
-                    let _ = samples.send(Sample {
+                    now = Instant::now();
+                    batch.push(Sample {
                         intended: sent.duration_since(start),
-                        latency: sent.elapsed(),
+                        latency: now.duration_since(sent),
                         outcome,
                         late: false,
                     });
+                    if batch.len() == BATCH || now.duration_since(flushed) >= FLUSH_EVERY {
+                        let _ =
+                            samples.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                        flushed = now;
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = samples.send(batch);
                 }
             })
         })
