@@ -1,5 +1,6 @@
 //! Sending one request and classifying how it ended.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +62,8 @@ pub struct Client {
 #[derive(Debug, Default)]
 pub struct Connection {
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// The request timeout, re-armed for each request instead of registering a new timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A fixed set of connections; taking one waits while all are in use.
@@ -165,6 +168,12 @@ impl Client {
         headers
             .entry(header::CONTENT_TYPE)
             .or_insert(HeaderValue::from_static(payload.content_type));
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut timer = connection
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().reset(deadline);
         let exchange = async {
             let sender = self.ready(connection).await?;
             let response = sender
@@ -179,10 +188,14 @@ impl Client {
                 .map_err(|_| Outcome::ConnectionError)?;
             Ok::<_, Outcome>(Outcome::Status(status))
         };
-        let outcome = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(outcome) | Err(outcome)) => outcome,
-            Err(_) => Outcome::Timeout,
+        let outcome = tokio::select! {
+            biased;
+            result = exchange => match result {
+                Ok(outcome) | Err(outcome) => outcome,
+            },
+            () = timer.as_mut() => Outcome::Timeout,
         };
+        connection.timer = Some(timer);
         if !matches!(outcome, Outcome::Status(_)) || !self.keepalive {
             connection.sender = None; // broken or closed: open a fresh one next time
         }
