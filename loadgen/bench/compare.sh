@@ -7,7 +7,7 @@
 # and `cargo build --release -p loadgen`.
 set -euo pipefail
 target=${CARGO_TARGET_DIR:-target}/release
-seconds=${SECONDS_PER_RUN:-10}
+seconds=${SECONDS_PER_RUN:-6}
 connections=${CONNECTIONS:-64}
 for tool in nginx wrk oha python3; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 [ -x "$target/loadgen" ] || { echo "build first: cargo build --release -p loadgen" >&2; exit 1; }
@@ -40,19 +40,28 @@ LUA
 mkdir -p "$work/images" && cp "$work/body.bin" "$work/images/body.jpg"
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
-echo "## 1. Peak throughput, closed loop ($(nproc) cores, $connections connections, ${seconds}s, 1 KiB POST)"
-echo "| tool | req/s |"
-echo "| --- | --- |"
-for round in 1 2; do
+# The three tools share two cores with nginx, so single runs swing by ±10 %: alternate them for
+# several rounds and compare medians.
+rounds=${ROUNDS:-6}
+echo "## 1. Peak throughput, closed loop ($(nproc) cores, $connections connections, ${seconds}s per run, 1 KiB POST, $rounds alternating rounds)"
+echo "| round | loadgen | oha | wrk | loadgen / oha |"
+echo "| --- | --- | --- | --- | --- |"
+lg_all=(); oha_all=(); wrk_all=()
+for round in $(seq 1 "$rounds"); do
   "$target/loadgen" --target "$url" --concurrency "$connections" --duration "${seconds}s" --images "$work/images" \
     --quiet --out "$work/lg.json" >/dev/null
-  echo "| loadgen (round $round) | $(json "$work/lg.json" "round(d['requests'] / d['duration_s'])") |"
+  lg=$(json "$work/lg.json" "round(d['requests'] / d['duration_s'])")
   oha --no-tui --output-format json -c "$connections" -z "${seconds}s" -m POST -D "$work/body.bin" \
     -T image/jpeg "$url" > "$work/oha.json"
-  echo "| oha (round $round) | $(json "$work/oha.json" "round(d['summary']['requestsPerSec'])") |"
-  rps=$(wrk -t1 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$url" | awk '/Requests\/sec/ {print $2}')
-  echo "| wrk (round $round) | ${rps%.*} |"
+  o=$(json "$work/oha.json" "round(d['summary']['requestsPerSec'])")
+  w=$(wrk -t1 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$url" | awk '/Requests\/sec/ {print $2}')
+  w=${w%.*}
+  lg_all+=("$lg"); oha_all+=("$o"); wrk_all+=("$w")
+  echo "| $round | $lg | $o | $w | $(python3 -c "print(f'{$lg / $o:.2f}')") |"
 done
+median() { printf '%s\n' "$@" | sort -n | python3 -c "import sys, statistics; print(round(statistics.median(int(l) for l in sys.stdin)))"; }
+lg_m=$(median "${lg_all[@]}"); oha_m=$(median "${oha_all[@]}"); wrk_m=$(median "${wrk_all[@]}")
+echo "| **median** | **$lg_m** | **$oha_m** | **$wrk_m** | **$(python3 -c "print(f'{$lg_m / $oha_m:.2f}')")** |"
 
 echo
 echo "## 2. Open-loop accuracy (${seconds}s each)"

@@ -13,7 +13,7 @@ use crate::schedule::{Profile, Segment};
 /// intended send time (no coordinated omission), a per-second series, and plots.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = EXAMPLES)]
-#[command(group(ArgGroup::new("profile").required(true).args(["rate", "stages", "step", "spike", "concurrency"])))]
+#[command(group(ArgGroup::new("profile").required(true).args(["rate", "stages", "profile_file", "step", "spike", "concurrency"])))]
 pub struct Opts {
     /// URL to send requests to; `http://host:port` alone means `/v1/classify`.
     #[arg(long, env = "LOADGEN_TARGET", value_parser = parse_target)]
@@ -28,6 +28,10 @@ pub struct Opts {
     /// as k6's ramping-arrival-rate does. E.g. `30s:5,2m:40,1m:40,30s:0`.
     #[arg(long, env = "LOADGEN_STAGES", value_parser = parse_stages)]
     pub stages: Option<Profile>,
+    /// A file of stages, one `DURATION:RATE` per line (`#` comments), for profiles too long
+    /// for a command line; the same ramps as --stages.
+    #[arg(long, env = "LOADGEN_PROFILE_FILE", value_parser = parse_profile_file)]
+    pub profile_file: Option<Profile>,
     /// Steps `FROM:TO:STEPS:EACH`: STEPS constant rates from FROM to TO, each held EACH.
     #[arg(long, env = "LOADGEN_STEP", value_parser = parse_step)]
     pub step: Option<Profile>,
@@ -119,13 +123,15 @@ impl Opts {
                 duration: self.duration.unwrap_or_default(),
             };
         }
-        let profile = match (&self.rate, &self.stages, &self.step, &self.spike) {
-            (Some(rate), ..) => Profile::constant(*rate, self.duration.unwrap_or_default()),
-            (_, Some(p), ..) | (_, _, Some(p), _) | (.., Some(p)) => p.clone(),
-            _ => Profile {
+        if let Some(rate) = self.rate {
+            return Mode::OpenLoop(Profile::constant(rate, self.duration.unwrap_or_default()));
+        }
+        let profile = [&self.stages, &self.profile_file, &self.step, &self.spike]
+            .into_iter()
+            .find_map(|p| p.clone())
+            .unwrap_or(Profile {
                 segments: Vec::new(),
-            },
-        };
+            });
         Mode::OpenLoop(profile)
     }
 }
@@ -192,6 +198,20 @@ pub fn parse_stages(s: &str) -> Result<Profile, String> {
         return Err("the stages add up to zero time".into());
     }
     Ok(profile)
+}
+
+/// A stages file: `DURATION:RATE` lines, blank lines and `#` comments ignored.
+pub fn parse_profile_file(path: &str) -> Result<Profile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+    let stages: Vec<&str> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default().trim())
+        .filter(|line| !line.is_empty())
+        .collect();
+    if stages.is_empty() {
+        return Err(format!("'{path}' holds no DURATION:RATE lines"));
+    }
+    parse_stages(&stages.join(",")).map_err(|e| format!("{path}: {e}"))
 }
 
 /// `FROM:TO:STEPS:EACH`, e.g. `5:40:4:30s` → 5, 16.7, 28.3, 40 requests/s for 30 s each.
@@ -382,6 +402,29 @@ mod tests {
         assert_eq!(
             opts.mode(),
             Mode::OpenLoop(Profile::constant(5.0, Duration::from_secs(2)))
+        );
+    }
+
+    #[test]
+    fn profile_files_hold_stages() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ramp.txt");
+        std::fs::write(&path, "# warm up\n30s:5\n\n2m:40   # ramp\n30s:0\n").expect("write");
+        let from_file = parse_profile_file(path.to_str().expect("UTF-8")).expect("parses");
+        assert_eq!(
+            from_file,
+            parse_stages("30s:5,2m:40,30s:0").expect("parses")
+        );
+        std::fs::write(&path, "# nothing\n").expect("write");
+        let empty = parse_profile_file(path.to_str().expect("UTF-8")).expect_err("empty");
+        assert!(empty.contains("no DURATION:RATE lines"), "{empty}");
+        std::fs::write(&path, "30s\n").expect("write");
+        let bad = parse_profile_file(path.to_str().expect("UTF-8")).expect_err("bad");
+        assert!(bad.contains("must be DURATION:RATE"), "{bad}");
+        assert!(
+            parse_profile_file("/nonexistent/x")
+                .expect_err("missing")
+                .contains("cannot read")
         );
     }
 }
