@@ -9,10 +9,13 @@
 //! expose per-upstream state to metrics; all three cut across tower's `Discover` abstraction.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http::uri::Authority;
 use rand::Rng;
 
 use crate::config::{BalanceConfig, Policy};
@@ -25,8 +28,23 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 pub struct Upstream {
     /// `host:port`.
     pub address: String,
+    /// The address as a URI authority, parsed once (`None` if it is not one; requests to it
+    /// then fail with a clear error).
+    pub authority: Option<Authority>,
+    /// The address as the `X-Upstream` header value, built once.
+    pub header: Option<HeaderValue>,
     outstanding: AtomicUsize,
+    /// End of the current ejection, in nanoseconds since [`EPOCH`] (0: not ejected). Atomic so
+    /// picking an upstream reads it without taking the health lock.
+    ejected_until: AtomicU64,
     health: Mutex<Health>,
+}
+
+/// Reference point for [`Upstream::ejected_until`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug)]
@@ -36,7 +54,6 @@ struct Health {
     updated: Instant,
     consecutive_failures: u32,
     ejections: u32,
-    ejected_until: Option<Instant>,
 }
 
 /// What happened to one forwarded request, for the balancer's bookkeeping.
@@ -71,14 +88,16 @@ impl Drop for InFlight {
 impl Upstream {
     fn new(address: String, default_rtt: Duration) -> Self {
         Self {
+            authority: address.parse().ok(),
+            header: HeaderValue::from_str(&address).ok(),
             address,
             outstanding: AtomicUsize::new(0),
+            ejected_until: AtomicU64::new(0),
             health: Mutex::new(Health {
                 ewma: default_rtt.as_secs_f64(),
                 updated: Instant::now(),
                 consecutive_failures: 0,
                 ejections: 0,
-                ejected_until: None,
             }),
         }
     }
@@ -97,7 +116,8 @@ impl Upstream {
     }
 
     fn is_ejected(&self, now: Instant) -> bool {
-        self.health().ejected_until.is_some_and(|until| until > now)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > nanos_since_epoch(now)
     }
 
     /// Peak-EWMA latency (seconds) decayed to `now`, times the requests it would queue behind.
@@ -115,7 +135,7 @@ impl Upstream {
 #[derive(Debug)]
 pub struct Balancer {
     config: BalanceConfig,
-    upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
+    upstreams: ArcSwap<Vec<Arc<Upstream>>>,
     next: AtomicUsize,
     ejections_total: AtomicU32,
 }
@@ -125,7 +145,7 @@ impl Balancer {
     pub fn new(config: BalanceConfig) -> Self {
         Self {
             config,
-            upstreams: RwLock::new(Arc::new(Vec::new())),
+            upstreams: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             ejections_total: AtomicU32::new(0),
         }
@@ -147,18 +167,12 @@ impl Balancer {
                     })
             })
             .collect();
-        *self
-            .upstreams
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        self.upstreams.store(Arc::new(next));
     }
 
     /// The current upstreams.
     pub fn snapshot(&self) -> Arc<Vec<Arc<Upstream>>> {
-        self.upstreams
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.upstreams.load_full()
     }
 
     /// (ready, ejected) counts.
@@ -173,28 +187,78 @@ impl Balancer {
     /// unless every candidate is ejected (then all are used: some capacity beats none).
     pub fn pick(&self, exclude: Option<&str>) -> Option<InFlight> {
         let now = Instant::now();
-        let all = self.snapshot();
-        let not_excluded: Vec<&Arc<Upstream>> = all
-            .iter()
-            .filter(|u| Some(u.address.as_str()) != exclude)
-            .collect();
-        let pool = if not_excluded.is_empty() {
-            all.iter().collect()
-        } else {
-            not_excluded
+        let all = self.upstreams.load();
+        let chosen = match self.choose_fast(&all, exclude, now) {
+            Some(chosen) => chosen,
+            None => {
+                let not_excluded: Vec<&Arc<Upstream>> = all
+                    .iter()
+                    .filter(|u| Some(u.address.as_str()) != exclude)
+                    .collect();
+                let pool = if not_excluded.is_empty() {
+                    all.iter().collect()
+                } else {
+                    not_excluded
+                };
+                let healthy: Vec<&Arc<Upstream>> = pool
+                    .iter()
+                    .copied()
+                    .filter(|u| !u.is_ejected(now))
+                    .collect();
+                let candidates = if healthy.is_empty() { pool } else { healthy };
+                self.choose(&candidates, now)?
+            }
         };
-        let healthy: Vec<&Arc<Upstream>> = pool
-            .iter()
-            .copied()
-            .filter(|u| !u.is_ejected(now))
-            .collect();
-        let candidates = if healthy.is_empty() { pool } else { healthy };
-        let chosen = self.choose(&candidates, now)?;
         chosen.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {
             upstream: chosen.clone(),
             started: now,
         })
+    }
+
+    /// The common case without building candidate lists: one upstream, or P2C / round robin
+    /// landing on usable (not excluded, not ejected) upstreams. `None` sends the caller to the
+    /// general path.
+    fn choose_fast<'a>(
+        &self,
+        all: &'a [Arc<Upstream>],
+        exclude: Option<&str>,
+        now: Instant,
+    ) -> Option<&'a Arc<Upstream>> {
+        let usable = |u: &Arc<Upstream>| Some(u.address.as_str()) != exclude && !u.is_ejected(now);
+        match (all, self.config.policy) {
+            ([], _) => None,
+            ([only], _) => usable(only).then_some(only),
+            (_, Policy::P2cEwma) => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..all.len());
+                let mut b = rng.random_range(0..all.len() - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (&all[a], &all[b]);
+                (usable(a) && usable(b)).then(|| self.cheaper(a, b, now))
+            }
+            (_, Policy::RoundRobin) => {
+                let next = &all[self.next.fetch_add(1, Ordering::Relaxed) % all.len()];
+                usable(next).then_some(next)
+            }
+            (_, Policy::LeastOutstanding) => None,
+        }
+    }
+
+    fn cheaper<'a>(
+        &self,
+        a: &'a Arc<Upstream>,
+        b: &'a Arc<Upstream>,
+        now: Instant,
+    ) -> &'a Arc<Upstream> {
+        let decay = self.config.decay;
+        if a.cost(now, decay) <= b.cost(now, decay) {
+            a
+        } else {
+            b
+        }
     }
 
     fn choose<'a>(
@@ -226,13 +290,7 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (candidates[a], candidates[b]);
-                let decay = self.config.decay;
-                Some(if a.cost(now, decay) <= b.cost(now, decay) {
-                    a
-                } else {
-                    b
-                })
+                Some(self.cheaper(candidates[a], candidates[b], now))
             }
         }
     }
@@ -268,7 +326,10 @@ impl Balancer {
                     .config
                     .eject_base
                     .saturating_mul(1 << health.ejections.min(16));
-                health.ejected_until = Some(now + backoff.min(MAX_EJECTION));
+                request.upstream.ejected_until.store(
+                    nanos_since_epoch(now + backoff.min(MAX_EJECTION)).max(1),
+                    Ordering::Relaxed,
+                );
                 health.ejections += 1;
                 health.consecutive_failures = 0;
                 self.ejections_total.fetch_add(1, Ordering::Relaxed);

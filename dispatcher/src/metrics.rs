@@ -37,6 +37,9 @@ pub struct Metrics {
     /// Requests refused without forwarding, by reason.
     pub rejected: IntCounterVec,
     known: Mutex<BTreeSet<String>>,
+    /// `requests` children by status code, resolved once: `with_label_values` hashes the
+    /// label and takes a lock on every call.
+    by_code: Box<[std::sync::OnceLock<IntCounter>]>,
 }
 
 impl Default for Metrics {
@@ -46,6 +49,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one client request answered with `status`.
+    pub fn count_request(&self, status: http::StatusCode) {
+        match self.by_code.get(usize::from(status.as_u16())) {
+            Some(cell) => cell
+                .get_or_init(|| self.requests.with_label_values(&[status.as_str()]))
+                .inc(),
+            None => self.requests.with_label_values(&[status.as_str()]).inc(),
+        }
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -126,6 +139,7 @@ impl Metrics {
             retries,
             rejected,
             known: Mutex::new(BTreeSet::new()),
+            by_code: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
 

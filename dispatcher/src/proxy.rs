@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::balancer::{Balancer, InFlight, Outcome};
+use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -98,33 +98,34 @@ impl Proxy {
         self.budget.deposit();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first = self.balancer.pick(None).ok_or(ProxyError::NoUpstream)?;
-        let first_address = first.upstream().address.clone();
+        let first_upstream = first.upstream().clone();
         let retry = match self.attempt(&parts, body.clone(), first, deadline).await? {
-            Attempt::Answered(response) => return Ok(finish(response, &first_address)),
+            Attempt::Answered(response) => return Ok(finish(response, &first_upstream)),
             Attempt::Retryable(retry) => retry,
         };
+        let first_address = first_upstream.address.as_str();
         let another = self
             .balancer
-            .pick(Some(&first_address))
+            .pick(Some(first_address))
             .filter(|r| r.upstream().address != first_address);
         let (Some(second), true) = (another, self.budget.withdraw()) else {
             return match retry {
-                Retry::Overloaded(response) => Ok(finish(response, &first_address)),
+                Retry::Overloaded(response) => Ok(finish(response, &first_upstream)),
                 Retry::Failed(reason) => Err(ProxyError::Upstream {
-                    upstream: first_address,
+                    upstream: first_upstream.address.clone(),
                     reason,
                 }),
             };
         };
         self.metrics.retries.inc();
-        let second_address = second.upstream().address.clone();
-        tracing::debug!(from = %first_address, to = %second_address, "retrying on another upstream");
+        let second_upstream = second.upstream().clone();
+        tracing::debug!(from = %first_address, to = %second_upstream.address, "retrying on another upstream");
         match self.attempt(&parts, body, second, deadline).await? {
             Attempt::Answered(response) | Attempt::Retryable(Retry::Overloaded(response)) => {
-                Ok(finish(response, &second_address))
+                Ok(finish(response, &second_upstream))
             }
             Attempt::Retryable(Retry::Failed(reason)) => Err(ProxyError::Upstream {
-                upstream: second_address,
+                upstream: second_upstream.address.clone(),
                 reason,
             }),
         }
@@ -134,28 +135,29 @@ impl Proxy {
         &self,
         parts: &http::request::Parts,
         body: Bytes,
-        upstream: InFlight,
+        in_flight: InFlight,
         deadline: tokio::time::Instant,
     ) -> Result<Attempt, ProxyError> {
-        let address = upstream.upstream().address.clone();
-        let request = upstream_request(parts, &address, body)?;
+        let upstream = in_flight.upstream().clone();
+        let address = upstream.address.as_str();
+        let request = upstream_request(parts, &upstream, body)?;
         let sent = tokio::time::timeout_at(deadline, self.client.request(request)).await;
         let result = match sent {
             Err(_) => {
-                self.balancer.record(&upstream, Outcome::Failure);
-                self.count(&address, "timeout");
-                return Err(ProxyError::Timeout(address));
+                self.balancer.record(&in_flight, Outcome::Failure);
+                self.count(address, "timeout");
+                return Err(ProxyError::Timeout(address.to_owned()));
             }
             Ok(Err(error)) => {
-                self.balancer.record(&upstream, Outcome::Failure);
-                self.count(&address, "error");
+                self.balancer.record(&in_flight, Outcome::Failure);
+                self.count(address, "error");
                 let reason = std::error::Error::source(&error)
                     .map_or_else(|| error.to_string(), |s| format!("{error}: {s}"));
                 Attempt::Retryable(Retry::Failed(reason))
             }
             Ok(Ok(response)) => {
                 let status = response.status();
-                self.count(&address, status.as_str());
+                self.count(address, status.as_str());
                 // 503 is the inference server's back-pressure (queue full): try another pod,
                 // but do not count it towards ejection, or an overloaded fleet would eject
                 // itself. Other 5xx mean the pod is broken.
@@ -165,7 +167,7 @@ impl Proxy {
                     } else {
                         Outcome::Success
                     };
-                self.balancer.record(&upstream, outcome);
+                self.balancer.record(&in_flight, outcome);
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     Attempt::Retryable(Retry::Overloaded(response))
                 } else {
@@ -184,21 +186,33 @@ impl Proxy {
     }
 }
 
-/// The request as sent to `address`: same method, path, query and end-to-end headers.
+/// The request as sent to `upstream`: same method, path, query and end-to-end headers. The
+/// URI is assembled from parts parsed once per upstream, not formatted and re-parsed.
 fn upstream_request(
     parts: &http::request::Parts,
-    address: &str,
+    upstream: &Upstream,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri: Uri = format!("http://{address}{path}")
-        .parse()
-        .map_err(|e| ProxyError::BadRequest(format!("cannot forward to {address}{path}: {e}")))?;
-    let mut request = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .body(Full::new(body))
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let authority = upstream.authority.clone().ok_or_else(|| {
+        ProxyError::BadRequest(format!(
+            "cannot forward to {}: not a host:port",
+            upstream.address
+        ))
+    })?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
     *headers = end_to_end(&parts.headers);
     headers.remove(header::HOST); // hyper sets it from the upstream URI
@@ -225,11 +239,11 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn finish(response: Response<hyper::body::Incoming>, upstream: &str) -> Response<Body> {
+fn finish(response: Response<hyper::body::Incoming>, upstream: &Upstream) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     parts.headers = end_to_end(&parts.headers);
-    if let Ok(value) = HeaderValue::from_str(upstream) {
-        parts.headers.insert(X_UPSTREAM, value);
+    if let Some(value) = &upstream.header {
+        parts.headers.insert(X_UPSTREAM, value.clone());
     }
     Response::from_parts(parts, Body::new(body))
 }
@@ -237,6 +251,7 @@ fn finish(response: Response<hyper::body::Incoming>, upstream: &str) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn hop_by_hop_headers_are_stripped_including_connection_named_ones() {
