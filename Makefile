@@ -19,12 +19,16 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install what the tests need (Python reference packages, Prometheus; checks kubectl)
+deps: ## install what the tests need (Python reference packages, Prometheus, shellcheck; checks kubectl)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r inference/scripts/requirements.txt
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (Debian package) for the adapter's tests"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
 	    || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }; }
+	@command -v shellcheck >/dev/null || { \
+	  echo "installing shellcheck (Debian package) for the e2e scripts"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends shellcheck \
+	    || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends shellcheck; }; }
 	@command -v kubectl >/dev/null || { \
 	  echo "kubectl is needed by the adapter's tests: https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }
 
@@ -49,8 +53,26 @@ check-features: ## the wgpu and cuda backends compile
 	DOCS_RS=1 cargo check -p inference --features cuda
 
 .PHONY: test
-test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests
+test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests, the local stack
 	cargo test --workspace --all-targets
+	shellcheck e2e/*.sh
+	$(MAKE) local-test
+
+E2E_MODELS := $(CARGO_TARGET_DIR)/e2e-models
+
+.PHONY: local
+local: ## the whole data path as local processes: Prometheus, 3 inference servers, dispatcher, adapter, loadgen (needs make model)
+	cargo build --release --workspace --bins
+	BIN=$(RELEASE_BIN) MODELS=$(MODELS) e2e/local-stack.sh
+
+.PHONY: local-test
+local-test: ## the local stack with debug binaries and a random-weight ResNet50 (part of make test)
+	# The binaries `cargo test` builds (same features as the tests, so nothing is rebuilt).
+	cargo test --workspace --all-targets --no-run
+	@test -f $(E2E_MODELS)/resnet50.json || { mkdir -p $(E2E_MODELS) \
+	  && $(PYTHON) inference/scripts/make_resnet_onnx.py --arch resnet50 --out $(E2E_MODELS)/resnet50.onnx \
+	  && $(CARGO_TARGET_DIR)/debug/inference import $(E2E_MODELS)/resnet50.onnx --name resnet50 --labels imagenet; }
+	BIN=$(CARGO_TARGET_DIR)/debug MODELS=$(E2E_MODELS) e2e/local-stack.sh
 
 .PHONY: model
 model: ## fetch + import pretrained ResNet50 into $(MODELS)/ (OFFLINE=1: random weights, no internet)
