@@ -387,3 +387,64 @@ fn everything_renders_and_parses() {
     assert!(system.other >= 25, "{} objects", system.other);
     assert_eq!(system.deployments.len(), 4);
 }
+
+/// Metric names shared/DESIGN.md fixes, plus Prometheus's own `up`.
+const DESIGN_METRICS: &[&str] = &[
+    "inference_requests_total",
+    "inference_request_duration_seconds",
+    "inference_queue_duration_seconds",
+    "inference_batch_size",
+    "inference_in_flight_requests",
+    "inference_model_info",
+    "dispatcher_requests_total",
+    "dispatcher_request_duration_seconds",
+    "dispatcher_in_flight_requests",
+    "dispatcher_upstream_requests_total",
+    "dispatcher_upstream_in_flight",
+    "dispatcher_upstreams",
+    "dispatcher_retries_total",
+    "dispatcher_rejected_total",
+    "metrics_adapter_requests_total",
+    "metrics_adapter_request_duration_seconds",
+    "metrics_adapter_prometheus_query_duration_seconds",
+    "metrics_adapter_prometheus_errors_total",
+    "metrics_adapter_discovered_metrics",
+    "up",
+];
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_components_export() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../manifests/grafana/dashboard.json"))
+            .expect("dashboard JSON");
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            // A metric name is an identifier directly followed by a `{` selector.
+            for (at, _) in expr.match_indices('{') {
+                let name: String = expr[..at]
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                if name.is_empty() || expr[..at].ends_with("by (") {
+                    continue;
+                }
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    DESIGN_METRICS.contains(&base),
+                    "{name} in {expr:?} is not a DESIGN.md metric"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} metric references found");
+}
