@@ -7,6 +7,9 @@ export CARGO_BUILD_JOBS ?= 2
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 PYTHON ?= python3
 MODELS ?= models
+IMAGES := inference dispatcher metrics-adapter loadgen
+MINIKUBE_CPUS ?= 4
+MINIKUBE_MEMORY ?= 8g
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
 
@@ -16,7 +19,7 @@ RESNET50_SHA256 := eb6eabe74f278fb55336e49e639b2367dda69f6f3b0d86dea7ffa9d55e6a0
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## install what the tests need (Python reference packages, Prometheus, shellcheck; checks kubectl)
@@ -95,6 +98,36 @@ endif
 serve: ## run the inference server on :8080 with the model from `make model`
 	cargo build --release -p inference
 	$(RELEASE_BIN)/inference serve --listen 0.0.0.0:8080 --model $(MODELS)
+
+.PHONY: cluster
+cluster: ## start minikube with room for 3+ inference pods (idempotent)
+	@command -v minikube >/dev/null || { echo "needs minikube: https://minikube.sigs.k8s.io/docs/start/" >&2; exit 1; }
+	minikube status >/dev/null 2>&1 || minikube start --cpus=$(MINIKUBE_CPUS) --memory=$(MINIKUBE_MEMORY)
+
+.PHONY: images
+images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST points at (minikube: eval $$(minikube docker-env))
+	@command -v docker >/dev/null || { echo "needs the docker CLI" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset}); for minikube run: eval \$$(minikube docker-env)" >&2; exit 1; }
+	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first (the inference image carries it)" >&2; exit 1; }
+	for image in $(IMAGES); do DOCKER_BUILDKIT=1 docker build --target $$image -t imageclassifier/$$image:dev . || exit 1; done
+
+.PHONY: deploy
+deploy: ## apply manifests/ to the current kubectl context
+	@command -v kubectl >/dev/null || { echo "needs kubectl" >&2; exit 1; }
+	kubectl apply -k manifests/
+
+.PHONY: undeploy
+undeploy: ## remove everything manifests/ created
+	kubectl delete -k manifests/ --ignore-not-found
+
+.PHONY: e2e
+e2e: ## the main job: minikube, images, deploy, load, the HPA scales up and back down (e2e/minikube-e2e.sh)
+	e2e/minikube-e2e.sh
+
+.PHONY: clean
+clean: ## remove build outputs and e2e results (keeps models/)
+	cargo clean
+	rm -rf e2e-out
 
 .PHONY: bench-adapter
 bench-adapter: ## adapter overhead over Prometheus for a 100-pod metric, and its memory (docs/PERFORMANCE.md)

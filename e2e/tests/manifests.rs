@@ -448,3 +448,30 @@ fn the_dashboard_queries_only_metrics_the_components_export() {
     }
     assert!(checked >= 10, "only {checked} metric references found");
 }
+
+#[test]
+fn images_in_the_manifests_are_the_ones_make_images_builds() {
+    let makefile = include_str!("../../Makefile");
+    let listed: Vec<&str> = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("IMAGES := "))
+        .expect("IMAGES in the Makefile")
+        .split_whitespace()
+        .collect();
+    let dockerfile = include_str!("../../Dockerfile");
+    let targets: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM runtime AS "))
+        .collect();
+    assert_eq!(listed, targets, "a Dockerfile target per image, same order");
+    for deployment in &system().deployments {
+        let image = container(deployment).image.clone().unwrap_or_default();
+        if let Some(ours) = image.strip_prefix("imageclassifier/") {
+            let component = ours.strip_suffix(":dev").expect("tag dev");
+            assert!(
+                listed.contains(&component),
+                "{image} is not built by make images"
+            );
+        }
+    }
+}
