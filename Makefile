@@ -111,6 +111,17 @@ images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST poi
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first (the inference image carries it)" >&2; exit 1; }
 	for image in $(IMAGES); do DOCKER_BUILDKIT=1 docker build --target $$image -t imageclassifier/$$image:dev . || exit 1; done
 
+.PHONY: images-from-host
+images-from-host: ## the same runtime images from binaries built here (cargo build --release), without compiling in a container
+	@docker info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset})" >&2; exit 1; }
+	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first" >&2; exit 1; }
+	cargo build --release -p inference -p dispatcher -p adapter -p loadgen --bins
+	tmp=$$(mktemp -d) && cp $(addprefix $(RELEASE_BIN)/,$(IMAGES)) $$tmp/ \
+	  && printf 'FROM debian:bookworm-slim\nCOPY . /out/\n' > $$tmp/Dockerfile \
+	  && DOCKER_BUILDKIT=1 docker build -q -t imageclassifier/host-binaries:dev $$tmp; status=$$?; rm -rf $$tmp; exit $$status
+	for image in $(IMAGES); do DOCKER_BUILDKIT=1 docker build --build-arg BINARIES=imageclassifier/host-binaries:dev \
+	  --target $$image -t imageclassifier/$$image:dev . || exit 1; done
+
 .PHONY: deploy
 deploy: ## apply manifests/ to the current kubectl context
 	@command -v kubectl >/dev/null || { echo "needs kubectl" >&2; exit 1; }
