@@ -8,6 +8,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 PYTHON ?= python3
 MODELS ?= models
 IMAGES := inference dispatcher metrics-adapter loadgen
+DOCKER ?= docker
 MINIKUBE_CPUS ?= 4
 MINIKUBE_MEMORY ?= 8g
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -106,21 +107,25 @@ cluster: ## start minikube with room for 3+ inference pods (idempotent)
 
 .PHONY: images
 images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST points at (minikube: eval $$(minikube docker-env))
-	@command -v docker >/dev/null || { echo "needs the docker CLI" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset}); for minikube run: eval \$$(minikube docker-env)" >&2; exit 1; }
+	@command -v $(DOCKER) >/dev/null || { echo "needs the docker CLI" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset}); for minikube run: eval \$$(minikube docker-env)" >&2; exit 1; }
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first (the inference image carries it)" >&2; exit 1; }
-	for image in $(IMAGES); do DOCKER_BUILDKIT=1 docker build --target $$image -t imageclassifier/$$image:dev . || exit 1; done
+	for image in $(IMAGES); do DOCKER_BUILDKIT=1 $(DOCKER) build --target $$image -t imageclassifier/$$image:dev . || exit 1; done
 
 .PHONY: images-from-host
 images-from-host: ## the same runtime images from binaries built here (cargo build --release), without compiling in a container
-	@docker info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset})" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset})" >&2; exit 1; }
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first" >&2; exit 1; }
 	cargo build --release -p inference -p dispatcher -p adapter -p loadgen --bins
 	tmp=$$(mktemp -d) && cp $(addprefix $(RELEASE_BIN)/,$(IMAGES)) $$tmp/ \
 	  && printf 'FROM debian:bookworm-slim\nCOPY . /out/\n' > $$tmp/Dockerfile \
-	  && DOCKER_BUILDKIT=1 docker build -q -t imageclassifier/host-binaries:dev $$tmp; status=$$?; rm -rf $$tmp; exit $$status
-	for image in $(IMAGES); do DOCKER_BUILDKIT=1 docker build --build-arg BINARIES=imageclassifier/host-binaries:dev \
+	  && DOCKER_BUILDKIT=1 $(DOCKER) build -q -t imageclassifier/host-binaries:dev $$tmp; status=$$?; rm -rf $$tmp; exit $$status
+	for image in $(IMAGES); do DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg BINARIES=imageclassifier/host-binaries:dev \
 	  --target $$image -t imageclassifier/$$image:dev . || exit 1; done
+
+.PHONY: containers
+containers: ## container smoke test: the local stack run from the images, host networking, non-root, read-only (e2e/containers.sh)
+	MODELS=$(abspath $(MODELS)) e2e/containers.sh
 
 .PHONY: deploy
 deploy: ## apply manifests/ to the current kubectl context

@@ -29,6 +29,8 @@ done
 ls "$models"/*.json >/dev/null 2>&1 || fail "no model in $models: run make model (or make model OFFLINE=1)"
 
 work=$(mktemp -d)
+# Containers (e2e/containers.sh) run as another user and write reports and data here.
+if [ "${SHARED_WORK:-0}" = 1 ]; then chmod a+rwx "$work"; fi
 pids=()
 cleanup() {
   local status=$?
