@@ -9,6 +9,8 @@ PYTHON ?= python3
 MODELS ?= models
 IMAGES := inference dispatcher metrics-adapter loadgen
 DOCKER ?= docker
+# e.g. --network=host where containers' bridge network has no route to crates.io
+DOCKER_BUILD_FLAGS ?=
 MINIKUBE_CPUS ?= 4
 MINIKUBE_MEMORY ?= 8g
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -110,7 +112,7 @@ images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST poi
 	@command -v $(DOCKER) >/dev/null || { echo "needs the docker CLI" >&2; exit 1; }
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset}); for minikube run: eval \$$(minikube docker-env)" >&2; exit 1; }
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first (the inference image carries it)" >&2; exit 1; }
-	for image in $(IMAGES); do DOCKER_BUILDKIT=1 $(DOCKER) build --target $$image -t imageclassifier/$$image:dev . || exit 1; done
+	for image in $(IMAGES); do DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) --target $$image -t imageclassifier/$$image:dev . || exit 1; done
 
 .PHONY: images-from-host
 images-from-host: ## the same runtime images from binaries built here (cargo build --release), without compiling in a container
