@@ -40,12 +40,17 @@ if [ "${ONLY:-}" != runtime ] && { [ "${FORCE:-0}" = 1 ] || ! exists "$builder_i
   context=$(mktemp -d)
   scratch+=("$context")
   cp -a "$sysroot" "$context/rust"   # rustc, cargo, std for this machine's target
+  # Trust what this machine trusts: crates.io may only be reachable through a proxy or mirror
+  # whose certificate authority is in the host's bundle, not in Debian's.
+  cp /etc/ssl/certs/ca-certificates.crt "$context/ca-certificates.crt"
   cat >"$context/Dockerfile" <<EOF
 FROM $runtime_image
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY rust /usr/local/rust
-ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:\$PATH CARGO_HOME=/usr/local/cargo
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:\$PATH CARGO_HOME=/usr/local/cargo \
+    CARGO_HTTP_CAINFO=/etc/ssl/certs/ca-certificates.crt
 RUN mkdir -p /usr/local/cargo && cargo --version && rustc --version
 EOF
   echo "offline-base-images: builder from $sysroot"
