@@ -8,7 +8,9 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 PYTHON ?= python3
 MODELS ?= models
 IMAGES := inference dispatcher metrics-adapter loadgen
-DOCKER ?= docker
+# A docker CLI that can build with BuildKit: `docker` when it has buildx, else Debian's 20.10 CLI
+# (builds with BuildKit by itself) if installed.
+DOCKER ?= $(shell docker buildx version >/dev/null 2>&1 && echo docker || { [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker; })
 # e.g. --network=host where containers' bridge network has no route to crates.io
 DOCKER_BUILD_FLAGS ?=
 MINIKUBE_CPUS ?= 4
@@ -127,7 +129,7 @@ images-from-host: ## the same runtime images from binaries built here (cargo bui
 
 .PHONY: containers
 containers: ## container smoke test: the local stack run from the images, host networking, non-root, read-only (e2e/containers.sh)
-	MODELS=$(abspath $(MODELS)) e2e/containers.sh
+	DOCKER=$(DOCKER) MODELS=$(abspath $(MODELS)) e2e/containers.sh
 
 .PHONY: deploy
 deploy: ## apply manifests/ to the current kubectl context
