@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::objects::{KubeObjects, Objects};
 use crate::prom::Prometheus;
 use crate::provider::Provider;
-use crate::registry::{Registry, RegistryConfig};
+use crate::registry::{Registry, RegistryConfig, unix_now};
 use crate::rules::Rules;
 
 /// Binds `--listen` and serves until SIGTERM/SIGINT.
@@ -373,10 +373,4 @@ async fn shutdown_signal() {
         () = interrupt => {},
         () = terminate => {},
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
