@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{Adapter, get_json};
+use common::{Adapter, get_json, write_kubeconfig};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -114,20 +114,6 @@ async fn fake_api_server(front_proxy_ca_pem: String) -> (String, Seen) {
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
-}
-
-fn write_kubeconfig(dir: &std::path::Path, api_url: &str) -> std::path::PathBuf {
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
-             users:\n- name: adapter\n  user:\n    token: adapter-sa\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: adapter\n\
-             current-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
-    kubeconfig
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{
     Adapter, Exporter, NAMESPACE, PODS, Prometheus, get_json, insecure_client, kubectl_get_raw,
-    wait_for,
+    wait_for, write_kubeconfig,
 };
 use serde_json::Value;
 
@@ -587,16 +587,7 @@ async fn label_selectors_resolve_through_the_object_watch_cache() {
     prometheus.wait_for_rates().await;
     let rules = write_rules(dir.path(), "");
     let api = fake_pod_api().await;
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api}\n\
-             users:\n- name: a\n  user:\n    token: t\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: a\n\
-             current-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = write_kubeconfig(dir.path(), &api);
     let url = prometheus.url();
     let adapter = Adapter::start(
         &[

@@ -367,6 +367,22 @@ where
     panic!("timed out waiting for {what}");
 }
 
+/// A kubeconfig (`DIR/kubeconfig`) for the kube-rs client inside the adapter, pointing at a
+/// stand-in API server at `api_url` (plain HTTP, a fixed token).
+pub fn write_kubeconfig(dir: &Path, api_url: &str) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
+             users:\n- name: adapter\n  user:\n    token: adapter-sa\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: adapter\n\
+             current-context: fake\n"
+        ),
+    )
+    .expect("kubeconfig");
+    kubeconfig
+}
+
 /// Runs real kubectl against the adapter through a kubeconfig that points straight at it.
 pub fn kubectl_get_raw(adapter: &Adapter, dir: &Path, path: &str) -> (bool, String, String) {
     let kubeconfig = dir.join(format!("kubeconfig-{}", adapter.port));
