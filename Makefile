@@ -144,6 +144,10 @@ undeploy: ## remove everything manifests/ created
 e2e: ## the main job: minikube, images, deploy, load, the HPA scales up and back down (e2e/minikube-e2e.sh)
 	e2e/minikube-e2e.sh
 
+.PHONY: loadtest
+loadtest: ## step load through the deployed dispatcher (port-forward), following the inference replicas; report + plot in e2e-out/
+	e2e/loadtest.sh
+
 .PHONY: clean
 clean: ## remove build outputs and e2e results (keeps models/)
 	cargo clean

@@ -6,9 +6,10 @@
 #   make e2e                          # minikube (started by `make cluster` if needed)
 #   E2E_CONTEXT=my-cluster make e2e   # any cluster whose nodes can run the images you pushed
 #
-# Environment: E2E_CONTEXT (kubectl context; default: minikube), PEAK (req/s, default 24),
-# SCALE_UP_WITHIN (s, default 240), SCALE_DOWN_WITHIN (s, default 300), OUT (folder for the
-# loadgen report and plot, default e2e-out).
+# Environment: E2E_CONTEXT (kubectl context; default: minikube), MODELS (default models; `make
+# model` fills it when empty), PEAK (req/s, default 24), SCALE_UP_WITHIN (s, default 240),
+# SCALE_DOWN_WITHIN (s, default 300), OUT (folder for the loadgen report and plot, default e2e-out).
+# The load itself is e2e/loadtest.sh (`make loadtest`).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +41,8 @@ dump() {
   k -n "$ns" get pods,hpa -o wide >&2 || true
   k -n "$ns" describe hpa inference >&2 || true
   k -n "$ns" logs deploy/metrics-adapter --tail=50 >&2 || true
-  k -n "$ns" get events --sort-by=.lastTimestamp >&2 | tail -n 30 || true
+  k -n "$ns" get events --sort-by=.lastTimestamp 2>&1 | tail -n 30 >&2 || true
+  [ ! -f "$out/loadgen.log" ] || tail -n 30 "$out/loadgen.log" >&2
 }
 forward_pid=""
 cleanup() {
@@ -51,8 +53,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The inference image carries the model: fetch and import it first when it is not there yet.
+models=${MODELS:-models}
+if ! ls "$models"/*.json >/dev/null 2>&1; then
+  say "no model in $models/: make model"
+  make model MODELS="$models"
+fi
 say "building images and the loadgen binary"
-make images
+make images MODELS="$models"
 cargo build --release -p loadgen
 loadgen=${CARGO_TARGET_DIR:-$root/target}/release/loadgen
 
@@ -82,9 +90,8 @@ k get --raw "$metric"; echo
 
 say "load: ramp to $peak req/s, hold, stop; watching deployment/inference"
 started=$(date +%s)
-"$loadgen" --target "$target" --stages "30s:$peak,$((up_within))s:$peak" --watch deployment/inference \
-  --namespace "$ns" --out "$out/run.json" --csv "$out/run.csv" --plot "$out/run.png" --quiet \
-  >"$out/loadgen.log" 2>&1 &
+LOADGEN="$loadgen" TARGET="$target" E2E_CONTEXT="$context" PEAK="$peak" HOLD="$up_within" OUT="$out" \
+  e2e/loadtest.sh >"$out/loadgen.log" 2>&1 &
 load_pid=$!
 max_desired=1
 while kill -0 "$load_pid" 2>/dev/null; do
@@ -108,4 +115,5 @@ while :; do
 done
 
 k -n "$ns" get hpa inference
+tail -n 25 "$out/loadgen.log"
 say "PASS — peak $max_desired replicas; load report $out/run.json, plot $out/run.png"

@@ -44,6 +44,7 @@ struct System {
     services: Vec<Service>,
     config_maps: Vec<ConfigMap>,
     hpas: Vec<HorizontalPodAutoscaler>,
+    api_services: Vec<APIService>,
     other: usize,
 }
 
@@ -71,7 +72,7 @@ fn system() -> System {
             "ClusterRole" => drop(typed::<ClusterRole>(&object)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&object)),
             "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(&object)),
-            "APIService" => drop(typed::<APIService>(&object)),
+            "APIService" => system.api_services.push(typed(&object)),
             other => panic!("unexpected kind {other} in manifests/"),
         }
         system.other += 1;
@@ -474,4 +475,83 @@ fn images_in_the_manifests_are_the_ones_make_images_builds() {
             );
         }
     }
+}
+
+/// The objects and make targets the e2e scripts name (`deploy/NAME`, `deployment/NAME`,
+/// `svc/NAME PORT`, `apiservice/NAME`, `hpa NAME`, `make TARGET`), so that renaming one in the
+/// manifests or the Makefile fails here rather than minutes into a cluster run.
+#[test]
+fn the_e2e_scripts_name_objects_and_targets_that_exist() {
+    let system = system();
+    let makefile = include_str!("../../Makefile");
+    let has_target = |target: &str| {
+        makefile
+            .lines()
+            .any(|l| l.strip_prefix(target).is_some_and(|r| r.starts_with(':')))
+    };
+    let mut checked = 0;
+    for (script, text) in [
+        ("minikube-e2e.sh", include_str!("../minikube-e2e.sh")),
+        ("loadtest.sh", include_str!("../loadtest.sh")),
+    ] {
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            let words: Vec<&str> = line
+                .split(|c: char| {
+                    c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | ';' | '{' | '}')
+                })
+                .filter(|w| !w.is_empty())
+                .collect();
+            for (i, word) in words.iter().enumerate() {
+                let next = words.get(i + 1).copied().unwrap_or_default();
+                let deployment_name = word
+                    .strip_prefix("deploy/")
+                    .or_else(|| word.split("deployment/").nth(1));
+                if let Some(wanted) = deployment_name.filter(|n| !n.starts_with('$')) {
+                    deployment(&system, wanted);
+                } else if let Some(wanted) = word.strip_prefix("svc/") {
+                    let port: i32 = next
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or_else(|| panic!("{script}: svc/{wanted} without a port"));
+                    let service = system
+                        .services
+                        .iter()
+                        .find(|s| name(*s) == wanted)
+                        .unwrap_or_else(|| panic!("{script}: Service {wanted} missing"));
+                    let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
+                    assert!(
+                        ports.is_some_and(|p| p.iter().any(|p| p.port == port)),
+                        "{script}: Service {wanted} has no port {port}"
+                    );
+                } else if let Some(wanted) = word.strip_prefix("apiservice/") {
+                    assert!(
+                        system.api_services.iter().any(|a| name(a) == wanted),
+                        "{script}: APIService {wanted} missing"
+                    );
+                } else if *word == "hpa" && !next.starts_with('-') {
+                    assert!(
+                        system.hpas.iter().any(|h| name(h) == next),
+                        "{script}: HPA {next} missing"
+                    );
+                } else if *word == "make" && !next.is_empty() && !next.starts_with('$') {
+                    assert!(has_target(next), "{script}: no make target {next}");
+                } else {
+                    continue;
+                }
+                checked += 1;
+            }
+        }
+    }
+    // The rollout loop names its Deployments in a list.
+    let rollouts = include_str!("../minikube-e2e.sh")
+        .lines()
+        .find_map(|l| l.strip_prefix("for deployment in "))
+        .and_then(|l| l.strip_suffix("; do"))
+        .expect("the rollout loop");
+    for wanted in rollouts.split_whitespace() {
+        deployment(&system, wanted);
+        checked += 1;
+    }
+    assert!(checked >= 12, "only {checked} references checked");
 }

@@ -86,6 +86,9 @@ pub struct Opts {
     /// Namespace of --watch.
     #[arg(long, env = "LOADGEN_NAMESPACE", default_value = "imageclassifier")]
     pub namespace: String,
+    /// Kubeconfig context of --watch, when it is not the current one (as `kubectl --context`).
+    #[arg(long, env = "LOADGEN_CONTEXT", requires = "watch")]
+    pub context: Option<String>,
     /// Exit non-zero when the share of failed requests exceeds this (0–1).
     #[arg(long, env = "LOADGEN_MAX_ERROR_RATE", value_parser = parse_fraction)]
     pub max_error_rate: Option<f64>,

@@ -47,7 +47,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<Report> {
     );
     let started = Instant::now();
     let watch = match &opts.watch {
-        Some(name) => Some(watch::start(name, &opts.namespace, started).await?),
+        Some(name) => {
+            Some(watch::start(name, &opts.namespace, opts.context.as_deref(), started).await?)
+        }
         None => None,
     };
 

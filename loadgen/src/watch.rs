@@ -35,14 +35,14 @@ impl Replicas {
 }
 
 /// Checks the Deployment is readable, then polls it every second until the task is dropped.
+/// `context` picks a kubeconfig context other than the current one.
 pub async fn start(
     name: &str,
     namespace: &str,
+    context: Option<&str>,
     started: Instant,
 ) -> anyhow::Result<(Replicas, tokio::task::JoinHandle<()>)> {
-    let client = kube::Client::try_default()
-        .await
-        .context("--watch needs a Kubernetes config (KUBECONFIG or in-cluster)")?;
+    let client = client(context).await?;
     let api: Api<Deployment> = Api::namespaced(client, namespace);
     api.get(name)
         .await
@@ -67,4 +67,19 @@ pub async fn start(
         }
     });
     Ok((replicas, task))
+}
+
+async fn client(context: Option<&str>) -> anyhow::Result<kube::Client> {
+    let config = match context {
+        None => kube::Config::infer()
+            .await
+            .context("--watch needs a Kubernetes config (KUBECONFIG or in-cluster)")?,
+        Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+            context: Some(context.to_string()),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("--context {context}: no such context in the kubeconfig"))?,
+    };
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
 }

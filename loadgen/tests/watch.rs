@@ -11,7 +11,8 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_the_watched_deployment_land_in_the_series_and_plot() {
-    // The "HPA" adds a replica on every read after the first two.
+    // The "HPA" adds a replica on every read after the first two. The kubeconfig's current
+    // context points elsewhere: `--context` must pick the stand-in, as `kubectl --context` would.
     let reads = Arc::new(AtomicU32::new(0));
     let api = Router::new().route(
         "/apis/apps/v1/namespaces/imageclassifier/deployments/inference",
@@ -52,8 +53,10 @@ async fn replicas_of_the_watched_deployment_land_in_the_series_and_plot() {
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
+             - name: elsewhere\n  cluster:\n    server: http://127.0.0.1:1\n\
              users:\n- name: fake\n  user:\n    token: test\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
-             current-context: fake\n"
+             - name: elsewhere\n  context:\n    cluster: elsewhere\n    user: fake\n\
+             current-context: elsewhere\n"
         ),
     )
     .expect("write kubeconfig");
@@ -83,6 +86,8 @@ async fn replicas_of_the_watched_deployment_land_in_the_series_and_plot() {
                     "deployment/inference",
                     "--namespace",
                     "imageclassifier",
+                    "--context",
+                    "fake",
                 ])
                 .arg("--out")
                 .arg(&out)
@@ -121,21 +126,20 @@ async fn replicas_of_the_watched_deployment_land_in_the_series_and_plot() {
             .contains("Ready replicas")
     );
 
-    let missing = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .env("KUBECONFIG", &kubeconfig)
-        .args([
-            "--target",
-            &target_url,
-            "--rate",
-            "1",
-            "--duration",
-            "1s",
-            "--watch",
-            "deployment/other",
-        ])
-        .output()
-        .expect("run");
+    let watch = |deployment: &str, context: &str| {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["--target", &target_url, "--rate", "1", "--duration", "1s"])
+            .args(["--watch", deployment, "--context", context])
+            .output()
+            .expect("run")
+    };
+    let missing = watch("deployment/other", "fake");
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("cannot read deployment/other"), "{stderr}");
+    let no_context = watch("deployment/inference", "nope");
+    assert!(!no_context.status.success());
+    let stderr = String::from_utf8_lossy(&no_context.stderr);
+    assert!(stderr.contains("--context nope"), "{stderr}");
 }
