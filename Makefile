@@ -18,6 +18,11 @@ MINIKUBE_MEMORY ?= 8g
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
 
+# $(call need,TOOL,where to get it): stop with a clear message when a prerequisite is missing.
+need = @command -v $(1) >/dev/null || { echo "make $@: needs $(1) ($(2))" >&2; exit 1; }
+CARGO_URL := https://rustup.rs
+KUBECTL_URL := https://kubernetes.io/docs/tasks/tools/
+
 # Pretrained ResNet50 (torchvision layout, exported by the ONNX model zoo, opset 17).
 RESNET50_URL ?= https://github.com/onnx/models/raw/main/Computer_Vision/resnet50_Opset17_torch_hub/resnet50_Opset17.onnx
 RESNET50_SHA256 := eb6eabe74f278fb55336e49e639b2367dda69f6f3b0d86dea7ffa9d55e6a0939
@@ -42,6 +47,7 @@ deps: ## install what the tests need (Python reference packages, Prometheus, she
 
 .PHONY: build
 build: ## release build of every binary
+	$(call need,cargo,$(CARGO_URL))
 	cargo build --release --workspace
 
 .PHONY: fmt
@@ -84,11 +90,14 @@ local-test: ## the local stack with debug binaries and a random-weight ResNet50 
 
 .PHONY: model
 model: ## fetch + import pretrained ResNet50 into $(MODELS)/ (OFFLINE=1: random weights, no internet)
+	$(call need,cargo,$(CARGO_URL))
 	mkdir -p $(MODELS)
 ifeq ($(OFFLINE),1)
+	$(call need,$(PYTHON),Python 3.10+ with pip)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check onnx numpy
 	$(PYTHON) inference/scripts/make_resnet_onnx.py --arch resnet50 --out $(MODELS)/resnet50.onnx
 else
+	$(call need,curl,your distribution's curl package)
 	@if ! echo "$(RESNET50_SHA256)  $(MODELS)/resnet50.onnx" | sha256sum --check --status 2>/dev/null; then \
 	  echo "downloading $(RESNET50_URL)"; \
 	  curl -fL --retry 3 -o $(MODELS)/resnet50.onnx.part "$(RESNET50_URL)" && \
@@ -106,12 +115,12 @@ serve: ## run the inference server on :8080 with the model from `make model`
 
 .PHONY: cluster
 cluster: ## start minikube with room for 3+ inference pods (idempotent)
-	@command -v minikube >/dev/null || { echo "needs minikube: https://minikube.sigs.k8s.io/docs/start/" >&2; exit 1; }
+	$(call need,minikube,https://minikube.sigs.k8s.io/docs/start/)
 	minikube status >/dev/null 2>&1 || minikube start --cpus=$(MINIKUBE_CPUS) --memory=$(MINIKUBE_MEMORY)
 
 .PHONY: images
 images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST points at (minikube: eval $$(minikube docker-env))
-	@command -v $(DOCKER) >/dev/null || { echo "needs the docker CLI" >&2; exit 1; }
+	$(call need,$(DOCKER),the docker CLI: https://docs.docker.com/engine/install/)
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset}); for minikube run: eval \$$(minikube docker-env)" >&2; exit 1; }
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first (the inference image carries it)" >&2; exit 1; }
 	for image in $(IMAGES); do DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) --target $$image -t imageclassifier/$$image:dev . || exit 1; done
@@ -133,11 +142,12 @@ containers: ## container smoke test: the local stack run from the images, host n
 
 .PHONY: deploy
 deploy: ## apply manifests/ to the current kubectl context
-	@command -v kubectl >/dev/null || { echo "needs kubectl" >&2; exit 1; }
+	$(call need,kubectl,$(KUBECTL_URL))
 	kubectl apply -k manifests/
 
 .PHONY: undeploy
 undeploy: ## remove everything manifests/ created
+	$(call need,kubectl,$(KUBECTL_URL))
 	kubectl delete -k manifests/ --ignore-not-found
 
 .PHONY: e2e
