@@ -1,14 +1,24 @@
 //! HTTP surface: the proxied inference API (`/v1/*`, `/v2/*`), probes and metrics.
+//!
+//! Proxied requests go straight from the connection to [`Service::forward`], without a router
+//! or middleware stack: at tens of thousands of requests per second per core, the layers a
+//! request passes through are a visible share of the dispatcher's CPU (docs/PERFORMANCE.md).
+//! Everything else (probes, metrics, unknown paths) goes through an ordinary axum router.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
+use http::Request;
+use http_body_util::{BodyExt, Either, Limited};
+use hyper::body::Incoming;
+use tower::ServiceExt;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::admission::Admission;
@@ -18,6 +28,9 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A response body: streamed from an upstream, or made here.
+pub type ResponseBody = Either<Incoming, Body>;
 
 /// Handler state; cheap to clone.
 #[derive(Clone, Debug)]
@@ -34,53 +47,100 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-/// All routes.
-pub fn router(state: AppState) -> Router {
+/// What every client connection runs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    state: AppState,
+    routes: Router,
+}
+
+impl Service {
+    /// The service over `state`.
+    pub fn new(state: AppState) -> Self {
+        Self {
+            routes: routes(state.clone()),
+            state,
+        }
+    }
+
+    /// Answers one request; errors are responses too.
+    pub async fn call(
+        self,
+        request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let path = request.uri().path();
+        if path.starts_with("/v1/") || path == "/v2" || path.starts_with("/v2/") {
+            return Ok(self.forward(request).await);
+        }
+        let response = self.routes.oneshot(request).await?;
+        Ok(response.map(Either::Right))
+    }
+
+    /// The proxied path: admission, body, forwarding, and the request's metrics.
+    async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+        struct InFlight<'a>(&'a prometheus::IntGauge);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let metrics = &self.state.metrics;
+        metrics.in_flight.inc();
+        let _in_flight = InFlight(&metrics.in_flight);
+        let started = Instant::now();
+        let request_id = request_id(request.headers_mut());
+        let mut response = match admit_and_forward(&self.state, request).await {
+            Ok(response) => response.map(Either::Left),
+            Err(error) => {
+                if let ProxyError::Overloaded(reason) = &error {
+                    metrics.rejected.with_label_values(&[reason]).inc();
+                } else if matches!(error, ProxyError::NoUpstream) {
+                    metrics.rejected.with_label_values(&["no_upstream"]).inc();
+                }
+                error.into_response().map(Either::Right)
+            }
+        };
+        response
+            .headers_mut()
+            .entry(REQUEST_ID)
+            .or_insert(request_id);
+        metrics.count_request(response.status());
+        metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+/// The request's `X-Request-Id`, set to a new UUID when the client sent none, so the upstream
+/// and the client's response carry the same one.
+fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID) {
+        return id.clone();
+    }
+    let mut text = uuid::Uuid::encode_buffer();
+    let id = HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
+        .expect("a UUID is a valid header value");
+    headers.insert(REQUEST_ID, id.clone());
+    id
+}
+
+/// The routes that are not proxied.
+fn routes(state: AppState) -> Router {
     Router::new()
-        .route("/v1/{*path}", any(forward))
-        .route("/v2", any(forward))
-        .route("/v2/{*path}", any(forward))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        // No per-request tracing span: at tens of thousands of requests per second it cost
-        // throughput and tail latency; failures are logged where they happen.
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }
 
-async fn forward(State(state): State<AppState>, request: Request) -> Response {
-    struct InFlight<'a>(&'a prometheus::IntGauge);
-    impl Drop for InFlight<'_> {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let metrics = &state.metrics;
-    metrics.in_flight.inc();
-    let _in_flight = InFlight(&metrics.in_flight);
-    let started = Instant::now();
-    let response = match admit_and_forward(&state, request).await {
-        Ok(response) => response,
-        Err(error) => {
-            if let ProxyError::Overloaded(reason) = &error {
-                metrics.rejected.with_label_values(&[reason]).inc();
-            } else if matches!(error, ProxyError::NoUpstream) {
-                metrics.rejected.with_label_values(&["no_upstream"]).inc();
-            }
-            error.into_response()
-        }
-    };
-    metrics.count_request(response.status());
-    metrics
-        .request_duration
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
-
-async fn admit_and_forward(state: &AppState, request: Request) -> Result<Response, ProxyError> {
+async fn admit_and_forward(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<Response<Incoming>, ProxyError> {
     let _slot = state.admission.admit().await?;
     let (parts, body) = request.into_parts();
     let limit = state.max_body_bytes;
@@ -91,25 +151,18 @@ async fn admit_and_forward(state: &AppState, request: Request) -> Result<Respons
     if declared.is_some_and(|length| length > limit) {
         return Err(ProxyError::TooLarge(limit));
     }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if is_length_limit(&e) {
-            ProxyError::TooLarge(limit)
-        } else {
-            ProxyError::BadRequest(format!("could not read the request body: {e}"))
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::TooLarge(limit));
         }
-    })?;
+        Err(e) => {
+            return Err(ProxyError::BadRequest(format!(
+                "could not read the request body: {e}"
+            )));
+        }
+    };
     state.proxy.forward(parts, body).await
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -130,7 +183,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn not_found(request: Request<Body>) -> Response {
+async fn not_found(request: axum::extract::Request) -> Response {
     let body = serde_json::json!({
         "error": format!("no route for {} {}; the dispatcher forwards /v1/* and /v2/*", request.method(), request.uri().path())
     });

@@ -19,6 +19,7 @@ use http::uri::Authority;
 use rand::Rng;
 
 use crate::config::{BalanceConfig, Policy};
+use crate::connections::Connections;
 
 /// Longest ejection, however often an upstream fails.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -31,8 +32,11 @@ pub struct Upstream {
     /// The address as a URI authority, parsed once (`None` if it is not one; requests to it
     /// then fail with a clear error).
     pub authority: Option<Authority>,
-    /// The address as the `X-Upstream` header value, built once.
+    /// The address as a header value (`Host` towards it, `X-Upstream` towards the client),
+    /// built once.
     pub header: Option<HeaderValue>,
+    /// Its idle keep-alive connections.
+    pub connections: Connections,
     outstanding: AtomicUsize,
     /// End of the current ejection, in nanoseconds since [`EPOCH`] (0: not ejected). Atomic so
     /// picking an upstream reads it without taking the health lock.
@@ -90,6 +94,7 @@ impl Upstream {
         Self {
             authority: address.parse().ok(),
             header: HeaderValue::from_str(&address).ok(),
+            connections: Connections::default(),
             address,
             outstanding: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod balancer;
 pub mod config;
+pub mod connections;
 pub mod discovery;
 pub mod error;
 pub mod metrics;

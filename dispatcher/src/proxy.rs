@@ -1,4 +1,4 @@
-//! Forwarding one request: pick an upstream, send over a pooled keep-alive connection, retry
+//! Forwarding one request: pick an upstream, send over one of its keep-alive connections, retry
 //! once elsewhere when the first upstream could not take it, and stream the response back.
 //!
 //! Request bodies are buffered (bounded by `--max-body-bytes`) because a retry must resend
@@ -7,14 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
@@ -40,7 +37,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// Shared forwarding machinery.
 #[derive(Debug)]
 pub struct Proxy {
-    client: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: Duration,
     balancer: Arc<Balancer>,
     metrics: Arc<Metrics>,
     budget: TpsBudget,
@@ -50,18 +47,18 @@ pub struct Proxy {
 /// How one attempt ended.
 enum Attempt {
     /// A response to hand to the client.
-    Answered(Response<hyper::body::Incoming>),
+    Answered(Response<Incoming>),
     /// Worth trying another upstream (connection refused/reset, or 503 back-pressure).
     Retryable(Retry),
 }
 
 enum Retry {
-    Overloaded(Response<hyper::body::Incoming>),
+    Overloaded(Response<Incoming>),
     Failed(String),
 }
 
 impl Proxy {
-    /// Builds the pooled client; `retry_percent` caps retries as a share of requests.
+    /// `retry_percent` caps retries as a share of requests.
     pub fn new(
         balancer: Arc<Balancer>,
         metrics: Arc<Metrics>,
@@ -69,14 +66,8 @@ impl Proxy {
         connect_timeout: Duration,
         retry_percent: f32,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Self {
-            client,
+            connect_timeout,
             balancer,
             metrics,
             // 10 s window; at least 10 retries per second even at low traffic.
@@ -94,7 +85,7 @@ impl Proxy {
         &self,
         parts: http::request::Parts,
         body: Bytes,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<Incoming>, ProxyError> {
         self.budget.deposit();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first = self.balancer.pick(None).ok_or(ProxyError::NoUpstream)?;
@@ -141,7 +132,13 @@ impl Proxy {
         let upstream = in_flight.upstream().clone();
         let address = upstream.address.as_str();
         let request = upstream_request(parts, &upstream, body)?;
-        let sent = tokio::time::timeout_at(deadline, self.client.request(request)).await;
+        let sent = tokio::time::timeout_at(
+            deadline,
+            upstream
+                .connections
+                .send(address, self.connect_timeout, request),
+        )
+        .await;
         let result = match sent {
             Err(_) => {
                 self.balancer.record(&in_flight, Outcome::Failure);
@@ -151,9 +148,7 @@ impl Proxy {
             Ok(Err(error)) => {
                 self.balancer.record(&in_flight, Outcome::Failure);
                 self.count(address, "error");
-                let reason = std::error::Error::source(&error)
-                    .map_or_else(|| error.to_string(), |s| format!("{error}: {s}"));
-                Attempt::Retryable(Retry::Failed(reason))
+                Attempt::Retryable(Retry::Failed(error.to_string()))
             }
             Ok(Ok(response)) => {
                 let status = response.status();
@@ -186,36 +181,35 @@ impl Proxy {
     }
 }
 
-/// The request as sent to `upstream`: same method, path, query and end-to-end headers. The
-/// URI is assembled from parts parsed once per upstream, not formatted and re-parsed.
+/// The request as sent to `upstream`: same method, path, query and end-to-end headers, in
+/// origin form (`/path?query`) with `Host` set to the upstream, from a header value built once
+/// per upstream.
 fn upstream_request(
     parts: &http::request::Parts,
     upstream: &Upstream,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let authority = upstream.authority.clone().ok_or_else(|| {
-        ProxyError::BadRequest(format!(
-            "cannot forward to {}: not a host:port",
-            upstream.address
-        ))
-    })?;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    let uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let host = match (&upstream.authority, &upstream.header) {
+        (Some(_), Some(host)) => host.clone(),
+        _ => {
+            return Err(ProxyError::BadRequest(format!(
+                "cannot forward to {}: not a host:port",
+                upstream.address
+            )));
+        }
+    };
+    let uri = match parts.uri.path_and_query() {
+        // Already origin form, as clients send it: reuse it as is.
+        Some(_) if parts.uri.authority().is_none() => parts.uri.clone(),
+        Some(path) => Uri::from(path.clone()),
+        None => Uri::from_static("/"),
+    };
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     *headers = end_to_end(&parts.headers);
-    headers.remove(header::HOST); // hyper sets it from the upstream URI
+    headers.insert(header::HOST, host);
     Ok(request)
 }
 
@@ -239,13 +233,13 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn finish(response: Response<hyper::body::Incoming>, upstream: &Upstream) -> Response<Body> {
+fn finish(response: Response<Incoming>, upstream: &Upstream) -> Response<Incoming> {
     let (mut parts, body) = response.into_parts();
     parts.headers = end_to_end(&parts.headers);
     if let Some(value) = &upstream.header {
         parts.headers.insert(X_UPSTREAM, value.clone());
     }
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

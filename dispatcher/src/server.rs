@@ -1,15 +1,19 @@
 //! Start-up and shutdown: wire discovery, balancer, proxy and HTTP server together.
 
 use std::collections::BTreeSet;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::admission::Admission;
-use crate::api::{AppState, router};
+use crate::api::{AppState, Service};
 use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -24,7 +28,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve_on(listener, config, shutdown_signal(grace)).await
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves, then stops accepting and lets every open
+/// connection finish the requests it has in flight.
 pub async fn serve_on(
     listener: TcpListener,
     config: Config,
@@ -40,7 +45,7 @@ pub async fn serve_on(
         Duration::from_millis(config.connect_timeout_ms),
         config.retry_budget_percent,
     );
-    let state = AppState {
+    let service = Service::new(AppState {
         proxy: Arc::new(proxy),
         admission: Arc::new(Admission::new(
             config.max_in_flight as usize,
@@ -50,13 +55,62 @@ pub async fn serve_on(
         balancer,
         metrics,
         max_body_bytes: config.max_body_bytes,
-    };
+    });
     tracing::info!(address = %listener.local_addr()?, policy = ?config.balance, "dispatcher listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .into_future()
-        .await
-        .context("server failed")
+
+    // Each connection task holds a receiver: the value changes to `true` at shutdown, and the
+    // sender's `closed()` resolves once every connection has finished.
+    let (draining, drained) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tokio::spawn(serve_connection(stream, service.clone(), drained.clone()));
+    }
+    drop(listener);
+    draining.send_replace(true);
+    drop(drained);
+    draining.closed().await;
+    Ok(())
+}
+
+/// One client connection (HTTP/1.1 keep-alive), until the client closes it or, at shutdown,
+/// its request in flight has been answered.
+async fn serve_connection(
+    stream: TcpStream,
+    service: Service,
+    mut draining: watch::Receiver<bool>,
+) {
+    // Answers are single small writes; do not hold them back (Nagle).
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let connection = http1::Builder::new().serve_connection(
+        TokioIo::new(stream),
+        service_fn(move |request| service.clone().call(request)),
+    );
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // The only change is to `true` (or the sender going away): drain either way.
+        _ = draining.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "client connection ended with an error");
+    }
 }
 
 async fn start_discovery(
