@@ -39,42 +39,66 @@ run_wrk() { # url connections seconds -> "req/s errors p50 p95 p99 p99.9 max"
 row() { read -r rps errors p50 p95 p99 p999 max <<<"$2"; printf "| %s | %s | %s | %s | %s | %s | %s |\n" "$1" "$rps" "$errors" "$p50" "$p99" "$p999" "$max"; }
 
 mkdir -p "$work/logs"
-cat > "$work/nginx.conf" <<NGINX
+# Two nginx instances of one worker each: the upstream, and the proxy under comparison, so each
+# process's CPU can be read on its own.
+nginx_conf() { # name, server block
+  cat > "$work/$1.conf" <<NGINX
 daemon off;
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/logs/error.log warn;
+pid $work/$1.pid;
+error_log $work/logs/$1.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $work/body;
-  proxy_temp_path $work/proxy;
+  client_body_temp_path $work/body-$1;
+  proxy_temp_path $work/proxy-$1;
   upstream backend { server 127.0.0.1:19001; keepalive 64; }
-  server { listen 127.0.0.1:19001; location / { client_max_body_size 20m; return 200 '{"model":"fake","predictions":[]}'; } }
-  server {
-    listen 127.0.0.1:19002;
-    location / {
-      client_max_body_size 20m;
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
+  $2
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+}
+nginx_conf upstream 'server { listen 127.0.0.1:19001; location / { client_max_body_size 20m; return 200 '"'"'{"model":"fake","predictions":[]}'"'"'; } }'
+nginx_conf proxy 'server { listen 127.0.0.1:19002; location / { client_max_body_size 20m; proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }'
+nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
 wait_port 19001; wait_port 19002
-"$target/dispatcher" --listen 127.0.0.1:19003 --upstreams 127.0.0.1:19001 2>/dev/null & pids+=($!)
-wait_port 19003
+# The same resources as nginx's one worker process: one worker thread; and the default (one
+# thread per core) for comparison.
+"$target/dispatcher" --listen 127.0.0.1:19003 --workers 1 --upstreams 127.0.0.1:19001 2>/dev/null & pids+=($!)
+"$target/dispatcher" --listen 127.0.0.1:19004 --upstreams 127.0.0.1:19001 2>/dev/null & pids+=($!)
+wait_port 19003; wait_port 19004
+
+# CPU time (user + system, clock ticks) of every thread of the processes listening on a port.
+ticks() {
+  local pid total=0 task fields
+  for pid in $(ss -Htlnp "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+    for task in /proc/"$pid"/task/*/stat; do
+      read -r -a fields < "$task"
+      total=$((total + fields[13] + fields[14]))
+    done
+  done
+  echo "$total"
+}
+proxy_row() { # label, port: wrk through the proxy, plus the proxy's CPU ms per 1000 requests
+  local before after result
+  before=$(ticks "$2")
+  result=$(run_wrk "http://127.0.0.1:$2/v1/classify" "$connections" "$seconds")
+  after=$(ticks "$2")
+  read -r rps errors p50 p95 p99 p999 max <<<"$result"
+  cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v r="$rps" -v s="$seconds" \
+    'BEGIN { printf "%.1f", t * 1000 / hz / (r * s) * 1000 }')
+  printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n" "$1" "$rps" "$errors" "$p50" "$p99" "$p999" "$max" "$cpu"
+}
 
 echo "## 1. Proxy cost ($(nproc) cores, wrk -t1 -c$connections -d${seconds}s, 2 KiB POST; latency ms)"
-echo "| path | req/s | errors | p50 | p99 | p99.9 | max |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| path | req/s | errors | p50 | p99 | p99.9 | max | proxy CPU ms / 1000 req |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 row "direct to upstream" "$(run_wrk http://127.0.0.1:19001/v1/classify "$connections" "$seconds")"
-row "nginx proxy_pass" "$(run_wrk http://127.0.0.1:19002/v1/classify "$connections" "$seconds")"
-row "dispatcher (p2c-ewma)" "$(run_wrk http://127.0.0.1:19003/v1/classify "$connections" "$seconds")"
-row "nginx proxy_pass (again)" "$(run_wrk http://127.0.0.1:19002/v1/classify "$connections" "$seconds")"
-row "dispatcher (again)" "$(run_wrk http://127.0.0.1:19003/v1/classify "$connections" "$seconds")"
+for round in 1 2; do
+  proxy_row "nginx proxy_pass, 1 worker (round $round)" 19002
+  proxy_row "dispatcher --workers 1 (round $round)" 19003
+  proxy_row "dispatcher, 1 thread per core (round $round)" 19004
+done
 
 slow_seconds=${SLOW_SECONDS:-30}
 echo

@@ -23,6 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::admission::Admission;
 use crate::balancer::Balancer;
+use crate::connections::Relayed;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -30,7 +31,7 @@ use crate::proxy::Proxy;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A response body: streamed from an upstream, or made here.
-pub type ResponseBody = Either<Incoming, Body>;
+pub type ResponseBody = Either<Relayed, Body>;
 
 /// Handler state; cheap to clone.
 #[derive(Clone, Debug)]
@@ -140,7 +141,7 @@ fn routes(state: AppState) -> Router {
 async fn admit_and_forward(
     state: &AppState,
     request: Request<Incoming>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Relayed>, ProxyError> {
     let _slot = state.admission.admit().await?;
     let (parts, body) = request.into_parts();
     let limit = state.max_body_bytes;

@@ -36,7 +36,7 @@ pub struct Upstream {
     /// built once.
     pub header: Option<HeaderValue>,
     /// Its idle keep-alive connections.
-    pub connections: Connections,
+    pub connections: Arc<Connections>,
     outstanding: AtomicUsize,
     /// End of the current ejection, in nanoseconds since [`EPOCH`] (0: not ejected). Atomic so
     /// picking an upstream reads it without taking the health lock.
@@ -94,7 +94,7 @@ impl Upstream {
         Self {
             authority: address.parse().ok(),
             header: HeaderValue::from_str(&address).ok(),
-            connections: Connections::default(),
+            connections: Arc::default(),
             address,
             outstanding: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),

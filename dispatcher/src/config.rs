@@ -64,6 +64,11 @@ pub struct Config {
     /// On SIGTERM, how long to wait for in-flight requests, seconds.
     #[arg(long, env = "DISPATCHER_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
+    /// Threads that serve requests (default: the CPUs this process may use, cgroup quota
+    /// included). On a machine shared with other busy processes, fewer threads than cores
+    /// gives a shorter latency tail (docs/PERFORMANCE.md).
+    #[arg(long, env = "DISPATCHER_WORKERS")]
+    pub workers: Option<std::num::NonZeroUsize>,
     /// Log format.
     #[arg(long, env = "DISPATCHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
+use crate::connections::Relayed;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -47,13 +47,13 @@ pub struct Proxy {
 /// How one attempt ended.
 enum Attempt {
     /// A response to hand to the client.
-    Answered(Response<Incoming>),
+    Answered(Response<Relayed>),
     /// Worth trying another upstream (connection refused/reset, or 503 back-pressure).
     Retryable(Retry),
 }
 
 enum Retry {
-    Overloaded(Response<Incoming>),
+    Overloaded(Response<Relayed>),
     Failed(String),
 }
 
@@ -85,7 +85,7 @@ impl Proxy {
         &self,
         parts: http::request::Parts,
         body: Bytes,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Relayed>, ProxyError> {
         self.budget.deposit();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first = self.balancer.pick(None).ok_or(ProxyError::NoUpstream)?;
@@ -208,13 +208,19 @@ fn upstream_request(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    *headers = end_to_end(&parts.headers);
+    headers.clone_from(&parts.headers);
+    strip_hop_by_hop(headers);
     headers.insert(header::HOST, host);
     Ok(request)
 }
 
-/// Copy of `headers` without hop-by-hop headers, including those `Connection` names.
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+/// Removes hop-by-hop headers, including those `Connection` names. Most requests carry none,
+/// so one pass over the names decides whether there is anything to remove.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let is_hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(&name.as_str());
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -222,20 +228,18 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .collect();
-    let mut out = headers.clone();
     for name in HOP_BY_HOP
         .iter()
         .copied()
         .chain(named.iter().map(String::as_str))
     {
-        out.remove(name);
+        headers.remove(name);
     }
-    out
 }
 
-fn finish(response: Response<Incoming>, upstream: &Upstream) -> Response<Incoming> {
+fn finish(response: Response<Relayed>, upstream: &Upstream) -> Response<Relayed> {
     let (mut parts, body) = response.into_parts();
-    parts.headers = end_to_end(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
     if let Some(value) = &upstream.header {
         parts.headers.insert(X_UPSTREAM, value.clone());
     }
@@ -259,9 +263,15 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("content-type", HeaderValue::from_static("image/jpeg"));
         h.insert("x-request-id", HeaderValue::from_static("abc"));
-        let out = end_to_end(&h);
+        let mut out = h.clone();
+        strip_hop_by_hop(&mut out);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(out.contains_key("content-type") && out.contains_key("x-request-id"));
+        // Only a header that `Connection` names, with no hop-by-hop header of its own: kept.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut plain);
+        assert!(plain.contains_key("x-secret"));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,15 @@ use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+
+/// The async runtime the server runs on: `workers` threads, or one per usable CPU.
+pub fn runtime(workers: Option<NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        runtime.worker_threads(workers.get());
+    }
+    runtime.enable_all().build()
+}
 
 /// Runs the dispatcher until SIGTERM/SIGINT, then drains in-flight requests.
 pub async fn run(config: Config) -> anyhow::Result<()> {

@@ -48,7 +48,7 @@ fn request(address: &str) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
-async fn send(connections: &Connections, address: &str) -> Result<Bytes, SendError> {
+async fn send(connections: &Arc<Connections>, address: &str) -> Result<Bytes, SendError> {
     let response = connections
         .send(address, Duration::from_secs(1), request(address))
         .await?;
@@ -64,7 +64,7 @@ async fn send(connections: &Connections, address: &str) -> Result<Bytes, SendErr
 #[tokio::test]
 async fn sequential_requests_reuse_one_connection() {
     let (address, accepted) = server(false).await;
-    let connections = Connections::default();
+    let connections = Arc::new(Connections::default());
     for _ in 0..20 {
         assert_eq!(send(&connections, &address).await.expect("send"), "ok");
     }
@@ -98,7 +98,7 @@ async fn concurrent_requests_open_connections_that_are_then_reused() {
 #[tokio::test]
 async fn connections_the_upstream_closed_are_replaced_without_failing_requests() {
     let (address, accepted) = server(true).await;
-    let connections = Connections::default();
+    let connections = Arc::new(Connections::default());
     for _ in 0..10 {
         assert_eq!(send(&connections, &address).await.expect("send"), "ok");
         // Let the closed connection be noticed, or not: either way the request must succeed.
@@ -112,8 +112,54 @@ async fn unreachable_upstreams_are_connect_errors() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("addr").to_string();
     drop(listener);
-    let connections = Connections::default();
+    let connections = Arc::new(Connections::default());
     let error = send(&connections, &address).await.expect_err("refused");
     assert!(matches!(error, SendError::Connect(_)), "{error}");
     assert!(error.to_string().starts_with("cannot connect"), "{error}");
+}
+
+#[tokio::test]
+async fn a_connection_closed_silently_while_idle_is_not_used_again() {
+    // A raw upstream that answers one request per connection and closes it without saying so
+    // (no `Connection: close`), as a pod does when it restarts or times an idle connection out.
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    });
+    let connections = Arc::new(Connections::default());
+    for _ in 0..5 {
+        let sent = tokio::time::timeout(Duration::from_secs(5), send(&connections, &address));
+        assert_eq!(sent.await.expect("no hang").expect("send"), "ok");
+        // Let the close arrive while the connection sits idle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_reset_before_the_request_is_an_error_not_a_hang() {
+    // The upstream's listener closes with our connection still in its accept backlog (a pod
+    // killed mid-load): the handshake succeeded, then the kernel resets it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let closing = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(listener);
+    });
+    let connections = Arc::new(Connections::default());
+    let sent = tokio::time::timeout(Duration::from_secs(5), send(&connections, &address));
+    let error = sent
+        .await
+        .expect("an answer, not a hang")
+        .expect_err("reset");
+    closing.join().expect("join");
+    assert!(
+        matches!(error, SendError::Http(_) | SendError::Closed),
+        "{error}"
+    );
 }
