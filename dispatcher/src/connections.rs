@@ -142,7 +142,7 @@ impl Connections {
         let response = match exchange(&mut connection, request).await {
             Err(Failure::Unsent(request)) if reused => {
                 connection = Connection::open(address, connect_timeout).await?;
-                exchange(&mut connection, request).await
+                exchange(&mut connection, *request).await
             }
             other => other,
         }
@@ -192,7 +192,7 @@ impl Connections {
 /// How one exchange failed.
 enum Failure {
     /// The connection closed before the request was written; here it is, to send elsewhere.
-    Unsent(Request<Full<Bytes>>),
+    Unsent(Box<Request<Full<Bytes>>>),
     /// Sent (perhaps partly) and then failed.
     Failed(hyper::Error),
     /// The connection ended without a word about the request.
@@ -205,7 +205,7 @@ async fn exchange(
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, Failure> {
     if !connection.ready().await {
-        return Err(Failure::Unsent(request));
+        return Err(Failure::Unsent(Box::new(request)));
     }
     let mut pending = std::pin::pin!(connection.sender.try_send_request(request));
     let outcome = poll_fn(|cx| {
@@ -220,7 +220,7 @@ async fn exchange(
     match outcome {
         Some(Ok(response)) => Ok(response),
         Some(Err(mut error)) => Err(match error.take_message() {
-            Some(request) => Failure::Unsent(request),
+            Some(request) => Failure::Unsent(Box::new(request)),
             None => Failure::Failed(error.into_error()),
         }),
         None => Err(Failure::Dropped),
