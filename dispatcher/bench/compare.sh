@@ -94,7 +94,7 @@ echo "## 1. Proxy cost ($(nproc) cores, wrk -t1 -c$connections -d${seconds}s, 2 
 echo "| path | req/s | errors | p50 | p99 | p99.9 | max | proxy CPU ms / 1000 req |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 row "direct to upstream" "$(run_wrk http://127.0.0.1:19001/v1/classify "$connections" "$seconds")"
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-3}"); do
   proxy_row "nginx proxy_pass, 1 worker (round $round)" 19002
   proxy_row "dispatcher --workers 1 (round $round)" 19003
   proxy_row "dispatcher, 1 thread per core (round $round)" 19004
