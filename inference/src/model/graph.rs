@@ -14,6 +14,8 @@
 
 use std::path::Path;
 
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
+
 use burn::tensor::activation::{relu, sigmoid, softmax};
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, linear, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
@@ -115,6 +117,8 @@ pub struct Network {
     input_name: String,
     output_name: String,
     ends_with_softmax: bool,
+    /// Threads a batch is split across (1 on a GPU, which parallelises by itself).
+    threads: usize,
     device: Device,
 }
 
@@ -152,6 +156,28 @@ impl Network {
 
     /// Runs the graph on a batch `[N, C, H, W]` and returns the `[N, classes]` output.
     pub fn forward(&self, input: Tensor<4>) -> Result<Tensor<2>, GraphError> {
+        let [n, ..] = input.dims();
+        let parts = self.threads.min(n);
+        if parts < 2 {
+            return self.forward_whole(input);
+        }
+        // The batch in `parts` slices, each run through the whole graph on its own thread:
+        // burn's CPU operations fork and join per layer and keep the cores only partly busy
+        // (1.35× on two cores at batch 8); whole slices per thread keep both busy and their
+        // feature maps in cache (14–23 % faster at batches 2–32, docs/PERFORMANCE.md).
+        let size = n.div_ceil(parts);
+        let outputs = (0..n)
+            .step_by(size)
+            .map(|start| input.clone().narrow(0, start, size.min(n - start)))
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|slice| self.forward_whole(slice))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(outputs, 0))
+    }
+
+    /// The graph on the whole of `input`, step by step.
+    fn forward_whole(&self, input: Tensor<4>) -> Result<Tensor<2>, GraphError> {
         let mut slots: Vec<Option<Value>> = vec![None; self.slots];
         slots[self.input_slot] = Some(Value::Map(input));
         for (index, step) in self.steps.iter().enumerate() {
@@ -369,7 +395,14 @@ impl Builder {
             })?;
         let steps = std::mem::take(&mut self.steps);
         self.steps = fold_batch_norms(steps, self.names.len(), output_slot);
-        if self.device == Device::flex() && rayon::current_num_threads() > 1 {
+        // On the CPU, use every core: a batch is split across threads (`Network::forward`),
+        // and a single image's convolutions across output channels.
+        let threads = if self.device == Device::flex() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        if threads > 1 {
             split_convolutions(&mut self.steps);
         }
         let mut last_use = vec![usize::MAX; self.names.len()];
@@ -387,6 +420,7 @@ impl Builder {
             input_name: input.name.clone(),
             output_name: output.name.clone(),
             ends_with_softmax: last_op == Some(onnx_ir::NodeType::Softmax),
+            threads,
             device: self.device,
         })
     }
