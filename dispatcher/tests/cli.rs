@@ -24,6 +24,14 @@ fn an_upstream_source_is_required_and_bad_addresses_are_named() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'nohost' is not host:port"));
+
+    let out = Command::new(BIN)
+        .args(["--upstreams", "127.0.0.1:1", "--workers", "0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--workers"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +55,15 @@ async fn sigterm_under_load_loses_no_accepted_request() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(BIN)
-        .args(["--listen", &listen, "--upstreams", &upstream])
+        // One worker thread: the drain must not depend on a second thread being free.
+        .args([
+            "--listen",
+            &listen,
+            "--upstreams",
+            &upstream,
+            "--workers",
+            "1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
