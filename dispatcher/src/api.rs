@@ -19,7 +19,6 @@ use http::Request;
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Incoming;
 use tower::ServiceExt;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::admission::Admission;
 use crate::balancer::Balancer;
@@ -64,21 +63,29 @@ impl Service {
         }
     }
 
-    /// Answers one request; errors are responses too.
+    /// Answers one request; errors are responses too. Every request carries an
+    /// `X-Request-Id` (the client's, or a new one) to the upstream and back to the client.
     pub async fn call(
         self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        let request_id = request_id(request.headers_mut());
         let path = request.uri().path();
-        if path.starts_with("/v1/") || path == "/v2" || path.starts_with("/v2/") {
-            return Ok(self.forward(request).await);
-        }
-        let response = self.routes.oneshot(request).await?;
-        Ok(response.map(Either::Right))
+        let mut response = if path.starts_with("/v1/") || path == "/v2" || path.starts_with("/v2/")
+        {
+            self.forward(request).await
+        } else {
+            self.routes.oneshot(request).await?.map(Either::Right)
+        };
+        response
+            .headers_mut()
+            .entry(REQUEST_ID)
+            .or_insert(request_id);
+        Ok(response)
     }
 
     /// The proxied path: admission, body, forwarding, and the request's metrics.
-    async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+    async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         struct InFlight<'a>(&'a prometheus::IntGauge);
         impl Drop for InFlight<'_> {
             fn drop(&mut self) {
@@ -89,8 +96,7 @@ impl Service {
         metrics.in_flight.inc();
         let _in_flight = InFlight(&metrics.in_flight);
         let started = Instant::now();
-        let request_id = request_id(request.headers_mut());
-        let mut response = match admit_and_forward(&self.state, request).await {
+        let response = match admit_and_forward(&self.state, request).await {
             Ok(response) => response.map(Either::Left),
             Err(error) => {
                 if let ProxyError::Overloaded(reason) = &error {
@@ -101,10 +107,6 @@ impl Service {
                 error.into_response().map(Either::Right)
             }
         };
-        response
-            .headers_mut()
-            .entry(REQUEST_ID)
-            .or_insert(request_id);
         metrics.count_request(response.status());
         metrics
             .request_duration
@@ -133,8 +135,6 @@ fn routes(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }
 

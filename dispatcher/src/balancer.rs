@@ -29,11 +29,9 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 pub struct Upstream {
     /// `host:port`.
     pub address: String,
-    /// The address as a URI authority, parsed once (`None` if it is not one; requests to it
-    /// then fail with a clear error).
-    pub authority: Option<Authority>,
     /// The address as a header value (`Host` towards it, `X-Upstream` towards the client),
-    /// built once.
+    /// built once; `None` when it is not a valid URI authority (`host:port`), and requests to
+    /// it then fail with a clear error.
     pub header: Option<HeaderValue>,
     /// Its idle keep-alive connections.
     pub connections: Arc<Connections>,
@@ -92,8 +90,10 @@ impl Drop for InFlight {
 impl Upstream {
     fn new(address: String, default_rtt: Duration) -> Self {
         Self {
-            authority: address.parse().ok(),
-            header: HeaderValue::from_str(&address).ok(),
+            header: address
+                .parse::<Authority>()
+                .ok()
+                .and_then(|_| HeaderValue::from_str(&address).ok()),
             connections: Arc::default(),
             address,
             outstanding: AtomicUsize::new(0),

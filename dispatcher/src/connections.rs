@@ -39,7 +39,7 @@ pub struct Connections {
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
-            .field("idle", &self.lock().len())
+            .field("idle", &self.idle())
             .finish()
     }
 }
@@ -86,7 +86,7 @@ impl Connection {
             .map_err(SendError::Connect)?;
         // Requests and answers are single small writes; do not hold them back (Nagle).
         stream.set_nodelay(true).map_err(SendError::Connect)?;
-        // Flattened writes, as on the client side (server.rs): cheaper for small messages.
+        // Flattened writes, as on the server side (server.rs): cheaper for small messages.
         let (sender, driver) = http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))

@@ -189,15 +189,12 @@ fn upstream_request(
     upstream: &Upstream,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let host = match (&upstream.authority, &upstream.header) {
-        (Some(_), Some(host)) => host.clone(),
-        _ => {
-            return Err(ProxyError::BadRequest(format!(
-                "cannot forward to {}: not a host:port",
-                upstream.address
-            )));
-        }
-    };
+    let host = upstream.header.clone().ok_or_else(|| {
+        ProxyError::BadRequest(format!(
+            "cannot forward to {}: not a host:port",
+            upstream.address
+        ))
+    })?;
     let uri = match parts.uri.path_and_query() {
         // Already origin form, as clients send it: reuse it as is.
         Some(_) if parts.uri.authority().is_none() => parts.uri.clone(),
