@@ -55,7 +55,9 @@ pub struct ModelArgs {
     /// name of a model in `./models`.
     #[arg(long, env = "INFERENCE_MODEL", default_value = DEFAULT_MODELS)]
     pub model: PathBuf,
-    /// Backend: burn's flex CPU backend, or a GPU when built with `--features wgpu|cuda`.
+    /// Where the model runs: `cpu` (our native kernels over the weights burn loads; the
+    /// fastest CPU path), `flex` (burn's own CPU operations, for comparison), or a GPU when
+    /// built with `--features wgpu|cuda`.
     #[arg(long, env = "INFERENCE_DEVICE", value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
 }

@@ -102,7 +102,7 @@ impl AppState {
             let device = c.device_choice();
             self.metrics
                 .model_info
-                .with_label_values(&[c.name(), device.backend(), &device.to_string()])
+                .with_label_values(&[c.name(), c.backend(), &device.to_string()])
                 .set(1);
         }
         if self.models.set(models).is_err() {

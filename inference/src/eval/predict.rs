@@ -83,7 +83,7 @@ impl Predictor {
     /// `local` or the endpoint, for the report.
     pub fn source(&self) -> String {
         match self {
-            Self::Local { model, .. } => format!("local, {}", model.device_choice().backend()),
+            Self::Local { model, .. } => format!("local, {}", model.backend()),
             Self::Http { url, .. } => url.split("/v1/").next().unwrap_or_default().to_owned(),
         }
     }

@@ -7,6 +7,9 @@
 //! operations from its typed nodes when the server starts. Weights are read from the ONNX file
 //! at start-up; nothing about a particular model is compiled in.
 //!
+//! On the CPU those steps are then compiled for our native kernels ([`super::cpu`]) unless
+//! `--device flex` asks for burn's operations; on a GPU burn's operations run them.
+//!
 //! The supported operator set covers convolutional classifiers (ResNet, VGG, MobileNet-style
 //! graphs): convolution, batch normalisation, pooling, element-wise activations and
 //! arithmetic, flatten/reshape, linear layers and softmax. Anything else is refused at load
@@ -20,6 +23,8 @@ use burn::tensor::activation::{relu, sigmoid, softmax};
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, linear, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
+
+use super::cpu::Plan;
 use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
 use onnx_ir::{ArgType, Argument, Node, OnnxGraphBuilder};
 
@@ -46,6 +51,23 @@ pub enum GraphError {
         rank: usize,
         expected: usize,
     },
+    /// An operation could not run on the values it received (shapes that do not fit).
+    #[error("node '{node}' cannot run: {reason}")]
+    Run { node: String, reason: String },
+    /// The backend failed while reading the result back.
+    #[error("reading the model output failed: {0}")]
+    Output(String),
+}
+
+/// Who runs the operations when the device is the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// Our channels-last kernels with fused convolutions ([`super::cpu`]), falling back to
+    /// burn's operations for a graph they do not cover. The fast path, and the default.
+    Native,
+    /// burn's own operations on every device (the engine before the native kernels; kept for
+    /// comparison and as an escape hatch).
+    Burn,
 }
 
 /// A tensor flowing between operations. Classifier graphs only carry feature maps
@@ -58,7 +80,7 @@ enum Value {
 
 /// One operation with its weights already on the device.
 #[derive(Debug)]
-enum Op {
+pub(super) enum Op {
     Conv {
         weight: Tensor<4>,
         bias: Option<Tensor<1>>,
@@ -96,42 +118,137 @@ enum Op {
 /// Convolution weights and bias for a range of output channels.
 type ConvPart = (Tensor<4>, Option<Tensor<1>>);
 
+/// One node of the graph as a burn operation, reading and writing numbered slots.
 #[derive(Debug)]
-struct Step {
-    name: String,
-    op: Op,
-    inputs: Vec<usize>,
-    output: usize,
+pub(super) struct Step {
+    pub(super) name: String,
+    pub(super) op: Op,
+    pub(super) inputs: Vec<usize>,
+    pub(super) output: usize,
+}
+
+/// A step's place in the data flow: the slots it reads and the one it writes.
+pub(super) trait Wired {
+    fn inputs(&self) -> &[usize];
+    fn output(&self) -> usize;
+}
+
+impl Wired for Step {
+    fn inputs(&self) -> &[usize] {
+        &self.inputs
+    }
+    fn output(&self) -> usize {
+        self.output
+    }
+}
+
+/// Runs steps in order over slots, shared by both engines.
+#[derive(Debug)]
+pub(super) struct Schedule {
+    input_slot: usize,
+    output_slot: usize,
+    slots: usize,
+    /// For each slot, the index of the last step that reads it; the value is moved out then,
+    /// so intermediate feature maps are freed as early as possible (and, on the native
+    /// engine, may be overwritten in place).
+    last_use: Vec<usize>,
+}
+
+impl Schedule {
+    pub(super) fn new<S: Wired>(
+        steps: &[S],
+        input_slot: usize,
+        output_slot: usize,
+        slots: usize,
+    ) -> Self {
+        let mut last_use = vec![usize::MAX; slots];
+        for (index, step) in steps.iter().enumerate() {
+            for &slot in step.inputs() {
+                last_use[slot] = index;
+            }
+        }
+        Self {
+            input_slot,
+            output_slot,
+            slots,
+            last_use,
+        }
+    }
+
+    /// Feeds `input` through `steps`, calling `run` with each step's operands.
+    pub(super) fn run<S: Wired, V: Clone>(
+        &self,
+        steps: &[S],
+        input: V,
+        mut run: impl FnMut(&S, Vec<V>) -> Result<V, GraphError>,
+    ) -> Result<V, GraphError> {
+        let mut slots: Vec<Option<V>> = vec![None; self.slots];
+        slots[self.input_slot] = Some(input);
+        for (index, step) in steps.iter().enumerate() {
+            let args: Vec<V> = step
+                .inputs()
+                .iter()
+                .map(|&slot| {
+                    let value = if self.last_use[slot] == index {
+                        slots[slot].take()
+                    } else {
+                        slots[slot].clone()
+                    };
+                    value.expect("graph builder orders steps so every input is computed first")
+                })
+                .collect();
+            slots[step.output()] = Some(run(step, args)?);
+        }
+        slots[self.output_slot]
+            .take()
+            .ok_or_else(|| GraphError::Shape("the output was never computed".into()))
+    }
 }
 
 /// A model graph ready to run on one device.
 #[derive(Debug)]
 pub struct Network {
-    steps: Vec<Step>,
-    input_slot: usize,
-    output_slot: usize,
-    slots: usize,
-    /// For each slot, the index of the last step that reads it; the value is moved out then,
-    /// so intermediate feature maps are freed as early as possible.
-    last_use: Vec<usize>,
+    engine: Engine,
     input_name: String,
     output_name: String,
     ends_with_softmax: bool,
-    /// Threads a batch is split across (1 on a GPU, which parallelises by itself).
-    threads: usize,
     device: Device,
 }
 
+/// What executes the graph.
+#[derive(Debug)]
+enum Engine {
+    /// Our CPU kernels.
+    Native(Plan),
+    /// burn operations on the device.
+    Burn(BurnGraph),
+}
+
+/// The graph as burn operations.
+#[derive(Debug)]
+struct BurnGraph {
+    steps: Vec<Step>,
+    schedule: Schedule,
+    /// Threads a batch is split across (1 on a GPU, which parallelises by itself).
+    threads: usize,
+}
+
 impl Network {
-    /// Parses `path` with burn's ONNX front end and uploads its weights to `device`.
-    pub fn load(path: &Path, device: &Device) -> Result<Self, GraphError> {
+    /// Parses `path` with burn's ONNX front end and uploads its weights to `device`; on the
+    /// CPU, `kernels` says whether our native kernels or burn's operations run it.
+    pub fn load(path: &Path, device: &Device, kernels: Kernels) -> Result<Self, GraphError> {
         let graph = OnnxGraphBuilder::new()
             .parse_file(path)
             .map_err(|e| GraphError::Parse {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-        Builder::new(device.clone()).build(&graph.inputs, &graph.outputs, &graph.nodes)
+        Builder::new(device.clone()).build(&graph.inputs, &graph.outputs, &graph.nodes, kernels)
+    }
+
+    /// Whether our native CPU kernels run the graph (rather than burn's operations).
+    pub fn is_native(&self) -> bool {
+        matches!(self.engine, Engine::Native(_))
     }
 
     /// Name of the graph input (the Open Inference Protocol reports it in model metadata).
@@ -154,8 +271,28 @@ impl Network {
         &self.device
     }
 
+    /// Runs the graph on a batch `[N, C, H, W]` (values in that order); returns the
+    /// `[N, outputs]` values and the number of outputs per image.
+    pub fn run(&self, input: Vec<f32>, shape: [usize; 4]) -> Result<(Vec<f32>, usize), GraphError> {
+        match &self.engine {
+            Engine::Native(plan) => plan.forward(&input, shape),
+            Engine::Burn(graph) => {
+                let input = Tensor::<4>::from_data(TensorData::new(input, shape), &self.device);
+                let output = graph.forward(input)?;
+                let [_, outputs] = output.dims();
+                let values = output
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| GraphError::Output(format!("{e:?}")))?;
+                Ok((values, outputs))
+            }
+        }
+    }
+}
+
+impl BurnGraph {
     /// Runs the graph on a batch `[N, C, H, W]` and returns the `[N, classes]` output.
-    pub fn forward(&self, input: Tensor<4>) -> Result<Tensor<2>, GraphError> {
+    fn forward(&self, input: Tensor<4>) -> Result<Tensor<2>, GraphError> {
         let [n, ..] = input.dims();
         let parts = self.threads.min(n);
         if parts < 2 {
@@ -178,31 +315,16 @@ impl Network {
 
     /// The graph on the whole of `input`, step by step.
     fn forward_whole(&self, input: Tensor<4>) -> Result<Tensor<2>, GraphError> {
-        let mut slots: Vec<Option<Value>> = vec![None; self.slots];
-        slots[self.input_slot] = Some(Value::Map(input));
-        for (index, step) in self.steps.iter().enumerate() {
-            let args: Vec<Value> = step
-                .inputs
-                .iter()
-                .map(|&slot| {
-                    let value = if self.last_use[slot] == index {
-                        slots[slot].take()
-                    } else {
-                        slots[slot].clone()
-                    };
-                    value.expect("graph builder orders steps so every input is computed first")
-                })
-                .collect();
-            slots[step.output] = Some(step.run(args)?);
-        }
-        match slots[self.output_slot].take() {
-            Some(Value::Vector(out)) => Ok(out),
-            Some(Value::Map(out)) => {
+        let output = self
+            .schedule
+            .run(&self.steps, Value::Map(input), |step, args| step.run(args))?;
+        match output {
+            Value::Vector(out) => Ok(out),
+            Value::Map(out) => {
                 // Some exports end with a [N, C, 1, 1] map instead of flattening.
                 let [n, c, h, w] = out.dims();
                 Ok(out.reshape([n, c * h * w]))
             }
-            None => Err(GraphError::Shape("the output was never computed".into())),
         }
     }
 }
@@ -349,6 +471,7 @@ impl Builder {
         inputs: &[Argument],
         outputs: &[Argument],
         nodes: &[Node],
+        kernels: Kernels,
     ) -> Result<Network, GraphError> {
         let [input] = inputs else {
             return Err(GraphError::Shape(format!("{} inputs", inputs.len())));
@@ -394,33 +517,41 @@ impl Builder {
                 GraphError::Shape(format!("output '{}' is never computed", output.name))
             })?;
         let steps = std::mem::take(&mut self.steps);
-        self.steps = fold_batch_norms(steps, self.names.len(), output_slot);
-        // On the CPU, use every core: a batch is split across threads (`Network::forward`),
-        // and a single image's convolutions across output channels.
-        let threads = if self.device == Device::flex() {
-            rayon::current_num_threads()
-        } else {
-            1
+        let steps = fold_batch_norms(steps, self.names.len(), output_slot);
+        let slots = self.names.len();
+        let cpu = self.device == Device::flex();
+        let native = match kernels {
+            Kernels::Native if cpu => Plan::compile(&steps, input_slot, output_slot, slots)
+                .inspect_err(|why| {
+                    tracing::warn!("native CPU kernels do not cover this graph ({why}); running burn's operations");
+                })
+                .ok(),
+            _ => None,
         };
-        if threads > 1 {
-            split_convolutions(&mut self.steps);
-        }
-        let mut last_use = vec![usize::MAX; self.names.len()];
-        for (index, step) in self.steps.iter().enumerate() {
-            for &slot in &step.inputs {
-                last_use[slot] = index;
+        let engine = match native {
+            Some(plan) => Engine::Native(plan),
+            None => {
+                let mut steps = steps;
+                // On the CPU, use every core: a batch is split across threads
+                // (`BurnGraph::forward`), and a single image's convolutions across output
+                // channels.
+                let threads = if cpu { rayon::current_num_threads() } else { 1 };
+                if threads > 1 {
+                    split_convolutions(&mut steps);
+                }
+                let schedule = Schedule::new(&steps, input_slot, output_slot, slots);
+                Engine::Burn(BurnGraph {
+                    steps,
+                    schedule,
+                    threads,
+                })
             }
-        }
+        };
         Ok(Network {
-            slots: self.names.len(),
-            steps: self.steps,
-            input_slot,
-            output_slot,
-            last_use,
+            engine,
             input_name: input.name.clone(),
             output_name: output.name.clone(),
             ends_with_softmax: last_op == Some(onnx_ir::NodeType::Softmax),
-            threads,
             device: self.device,
         })
     }

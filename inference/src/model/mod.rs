@@ -1,7 +1,8 @@
-//! Image classifiers: an ONNX graph run by burn, plus the description that says how to feed it
-//! and how to name its outputs. Everything above this module works with [`Classifier`] and
+//! Image classifiers: an ONNX graph loaded by burn (run by our native CPU kernels or by burn's
+//! operations), plus the description that says how to feed it and how to name its outputs. Everything above this module works with [`Classifier`] and
 //! never assumes ResNet50's input size, normalisation or label set.
 
+mod cpu;
 pub mod graph;
 pub mod preprocess;
 pub mod spec;
@@ -10,20 +11,25 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use sha2::{Digest, Sha256};
 
-pub use graph::{GraphError, Network};
+pub use graph::{GraphError, Kernels, Network};
 pub use preprocess::{InputImage, PreprocessError};
 pub use spec::{ModelSpec, Preprocess, SpecError};
 
-/// Which burn backend runs the model, chosen at start-up (`--device`).
+/// Where the model runs, chosen at start-up (`--device`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
-    /// burn's `flex` CPU backend (SIMD kernels, rayon threads). Always available.
+    /// The CPU, with our native channels-last kernels (fused convolutions, both cores at any
+    /// batch size) over the weights burn loads; burn's `flex` operations for a graph they do
+    /// not cover. Always available, and the fastest CPU path.
     #[default]
     Cpu,
+    /// The CPU with burn's own `flex` operations throughout: the engine before the native
+    /// kernels, for comparison and as an escape hatch.
+    Flex,
     /// Any GPU through wgpu (Vulkan/Metal/DX12). Needs the `wgpu` cargo feature.
     Wgpu,
     /// NVIDIA GPU through CUDA. Needs the `cuda` cargo feature.
@@ -34,6 +40,7 @@ impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Cpu => "cpu",
+            Self::Flex => "flex",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         })
@@ -41,10 +48,11 @@ impl fmt::Display for DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The burn backend name reported in `inference_model_info{backend}`.
-    pub fn backend(self) -> &'static str {
+    /// The burn backend that holds the weights (and runs the operations unless our native
+    /// kernels do).
+    pub fn burn_backend(self) -> &'static str {
         match self {
-            Self::Cpu => "flex",
+            Self::Cpu | Self::Flex => "flex",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         }
@@ -53,7 +61,7 @@ impl DeviceChoice {
     /// Opens the device, or explains which cargo feature the binary was built without.
     pub fn open(self) -> Result<Device, ModelError> {
         match self {
-            Self::Cpu => Ok(Device::flex()),
+            Self::Cpu | Self::Flex => Ok(Device::flex()),
             #[cfg(feature = "wgpu")]
             Self::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
             #[cfg(feature = "cuda")]
@@ -100,9 +108,6 @@ pub enum ModelError {
         expected: usize,
         actual: usize,
     },
-    /// The backend failed while reading the result back.
-    #[error("reading the model output failed: {0}")]
-    Output(String),
 }
 
 /// A loaded classifier: graph, preprocessing and labels.
@@ -146,7 +151,11 @@ impl Classifier {
         device_choice: DeviceChoice,
     ) -> Result<Self, ModelError> {
         let device = device_choice.open()?;
-        let network = Network::load(onnx, &device)?;
+        let kernels = match device_choice {
+            DeviceChoice::Cpu => Kernels::Native,
+            _ => Kernels::Burn,
+        };
+        let network = Network::load(onnx, &device, kernels)?;
         let classifier = Self {
             spec,
             labels,
@@ -194,6 +203,16 @@ impl Classifier {
         self.device_choice
     }
 
+    /// What runs the operations (`inference_model_info{backend}`): `native` for our CPU
+    /// kernels, otherwise burn's backend (`flex`, `wgpu`, `cuda`).
+    pub fn backend(&self) -> &'static str {
+        if self.network.is_native() {
+            "native"
+        } else {
+            self.device_choice.burn_backend()
+        }
+    }
+
     /// Decodes and normalises one encoded image for this model.
     pub fn preprocess(&self, bytes: &[u8]) -> Result<InputImage, PreprocessError> {
         preprocess::preprocess(bytes, &self.spec.preprocess)
@@ -215,18 +234,8 @@ impl Classifier {
             flat.extend_from_slice(&image.data);
         }
         let s = size as usize;
-        let input = Tensor::<4>::from_data(
-            TensorData::new(flat, [batch.len(), 3, s, s]),
-            self.network.device(),
-        );
-        let output = self.network.forward(input)?;
-        let [rows, cols] = output.dims();
-        let values = output
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| ModelError::Output(format!("{e:?}")))?;
-        debug_assert_eq!(values.len(), rows * cols);
-        Ok(values.chunks(cols).map(<[f32]>::to_vec).collect())
+        let (values, outputs) = self.network.run(flat, [batch.len(), 3, s, s])?;
+        Ok(values.chunks(outputs.max(1)).map(<[f32]>::to_vec).collect())
     }
 
     /// Turns one output row into the `top_k` most likely classes, scores as probabilities.

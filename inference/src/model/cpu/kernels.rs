@@ -1,0 +1,543 @@
+//! Channels-last (NHWC) kernels for the native CPU engine.
+//!
+//! With channels last, a 1×1 convolution is one matrix product over the feature map as it
+//! lies in memory, and a k×k convolution's patch rows are runs of whole pixels copied from the
+//! input. Patches are gathered one block of output pixels at a time into a per-thread buffer
+//! that stays in cache, and each block's product gets its bias, residual and ReLU while it is
+//! still there: no layout conversions, no full-size im2col matrix, no extra passes.
+
+use std::cell::RefCell;
+
+use matmul::{Accumulate, Shape};
+use rayon::prelude::*;
+
+/// A batch of feature maps, channels last: `[n, y, x, c]` lives at `((n·h + y)·w + x)·c + c`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Map {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+/// A batch of feature vectors `[n, f]`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vectors {
+    pub n: usize,
+    pub f: usize,
+    pub data: Vec<f32>,
+}
+
+impl Map {
+    /// Reorders an `[N, C, H, W]` batch (burn's and ONNX's layout) to channels last.
+    pub fn from_nchw(data: &[f32], [n, c, h, w]: [usize; 4]) -> Self {
+        let mut out = vec![0.0; data.len()];
+        out.par_chunks_mut(h * w * c)
+            .zip(data.par_chunks(c * h * w))
+            .for_each(|(image, planes)| {
+                for (ch, plane) in planes.chunks(h * w).enumerate() {
+                    for (pixel, &value) in plane.iter().enumerate() {
+                        image[pixel * c + ch] = value;
+                    }
+                }
+            });
+        Self {
+            n,
+            h,
+            w,
+            c,
+            data: out,
+        }
+    }
+
+    /// The maps as vectors in ONNX's `Flatten` order (channel-major, `[n, c·h·w]`).
+    pub fn flatten(self) -> Vectors {
+        let (n, f) = (self.n, self.c * self.h * self.w);
+        if self.h * self.w == 1 {
+            // After global pooling (the usual case) both orders coincide.
+            return Vectors {
+                n,
+                f,
+                data: self.data,
+            };
+        }
+        let pixels = self.h * self.w;
+        let mut data = vec![0.0; self.data.len()];
+        for (out, image) in data.chunks_mut(f).zip(self.data.chunks(f)) {
+            for (pixel, values) in image.chunks(self.c).enumerate() {
+                for (ch, &value) in values.iter().enumerate() {
+                    out[ch * pixels + pixel] = value;
+                }
+            }
+        }
+        Vectors { n, f, data }
+    }
+
+    fn same_shape(&self, other: &Map) -> bool {
+        (self.n, self.h, self.w, self.c) == (other.n, other.h, other.w, other.c)
+    }
+
+    fn describe(&self) -> String {
+        format!("[{}, {}, {}, {}] (NCHW)", self.n, self.c, self.h, self.w)
+    }
+}
+
+/// Where a convolution or pooling window goes: sizes, strides, padding `(begin, end)` and
+/// dilation per spatial axis (height, then width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [(usize, usize); 2],
+    pub dilation: [usize; 2],
+    /// Round the output size up (pooling's `ceil_mode`), keeping every window's start inside
+    /// the input or its leading padding, as ONNX and PyTorch do.
+    pub ceil: bool,
+}
+
+impl Window {
+    /// Output height and width for an input of `h × w`.
+    pub fn output(&self, h: usize, w: usize) -> Result<(usize, usize), String> {
+        Ok((self.output_along(0, h)?, self.output_along(1, w)?))
+    }
+
+    fn output_along(&self, axis: usize, size: usize) -> Result<usize, String> {
+        let span = (self.kernel[axis] - 1) * self.dilation[axis] + 1;
+        let (begin, end) = self.padding[axis];
+        let padded = size + begin + end;
+        if padded < span {
+            return Err(format!(
+                "a {}-wide window does not fit an input of size {size} padded by {begin}+{end}",
+                span
+            ));
+        }
+        let stride = self.stride[axis];
+        let mut out = if self.ceil {
+            (padded - span).div_ceil(stride) + 1
+        } else {
+            (padded - span) / stride + 1
+        };
+        if self.ceil && (out - 1) * stride >= size + begin {
+            out -= 1;
+        }
+        Ok(out)
+    }
+
+    /// For output position `out` along `axis`, the input coordinate under each kernel tap, or
+    /// `None` where the tap falls on padding.
+    fn taps(&self, axis: usize, out: usize, size: usize) -> impl Iterator<Item = Option<usize>> {
+        let start = (out * self.stride[axis]) as isize - self.padding[axis].0 as isize;
+        let dilation = self.dilation[axis] as isize;
+        (0..self.kernel[axis] as isize).map(move |tap| {
+            let at = start + tap * dilation;
+            (0..size as isize).contains(&at).then_some(at as usize)
+        })
+    }
+}
+
+/// What runs on a convolution's output block while it is still in cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    /// Add a map of the output's shape (a ResNet shortcut) before the activation.
+    pub residual: bool,
+    /// Clamp at zero last.
+    pub relu: bool,
+}
+
+/// A 2-D convolution (ungrouped) with its weights laid out for the matrix product.
+#[derive(Debug)]
+pub struct Conv {
+    /// `[kh·kw·cin, cout]`, rows in (ky, kx, ci) order: the order a gathered patch row has.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    cin: usize,
+    cout: usize,
+    window: Window,
+    pub epilogue: Epilogue,
+}
+
+/// Patch rows gathered per block are kept to about this many bytes, so that a block's patches
+/// stay in the core's L2 cache while the product reads them.
+const PATCH_BYTES: usize = 512 * 1024;
+/// Fewer rows per block than this and each block re-reads the whole weight matrix for too
+/// little work (late ResNet layers have 9 MiB of weights and 49 pixels per image).
+const MIN_ROWS: usize = 48;
+/// More rows than this gives no better product and fewer blocks to share between threads.
+const MAX_ROWS: usize = 256;
+
+thread_local! {
+    /// Each thread's gathered patch rows, reused by every convolution it runs.
+    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Conv {
+    /// Takes weights in ONNX/burn layout `[cout, cin, kh, kw]`.
+    pub fn new(
+        weight: &[f32],
+        [cout, cin, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        window: Window,
+    ) -> Self {
+        let taps = kh * kw;
+        let mut packed = vec![0.0; weight.len()];
+        for (co, filter) in weight.chunks(cin * taps).enumerate() {
+            for (ci, kernel) in filter.chunks(taps).enumerate() {
+                for (tap, &value) in kernel.iter().enumerate() {
+                    packed[(tap * cin + ci) * cout + co] = value;
+                }
+            }
+        }
+        Self {
+            weight: packed,
+            bias: bias.map_or_else(|| vec![0.0; cout], <[f32]>::to_vec),
+            cin,
+            cout,
+            window,
+            epilogue: Epilogue::default(),
+        }
+    }
+
+    /// Convolves `x`; with a residual epilogue, `residual` (the output's shape) is added in.
+    pub fn run(&self, x: &Map, residual: Option<Map>) -> Result<Map, String> {
+        if x.c != self.cin {
+            return Err(format!(
+                "input {} has {} channels, the weights expect {}",
+                x.describe(),
+                x.c,
+                self.cin
+            ));
+        }
+        let (h, w) = self.window.output(x.h, x.w)?;
+        let rows = x.n * h * w;
+        let (mut data, accumulate) = match (self.epilogue.residual, residual) {
+            (false, None) => (vec![0.0; rows * self.cout], Accumulate::No),
+            (true, Some(r)) if (r.n, r.h, r.w, r.c) == (x.n, h, w, self.cout) => {
+                (r.data, Accumulate::Yes)
+            }
+            (true, Some(r)) => {
+                return Err(format!(
+                    "residual {} does not match the output [{}, {}, {h}, {w}]",
+                    r.describe(),
+                    x.n,
+                    self.cout
+                ));
+            }
+            (residual, _) => {
+                unreachable!("the plan gives a residual exactly when fused: {residual}")
+            }
+        };
+        let k = self.weight.len() / self.cout;
+        let tiles = Tiles::new(rows, k, rayon::current_num_threads());
+        data.par_chunks_mut(tiles.rows * self.cout)
+            .enumerate()
+            .for_each(|(block, dst)| {
+                let first = block * tiles.rows;
+                let count = dst.len() / self.cout;
+                let shape = Shape {
+                    m: count,
+                    k,
+                    n: self.cout,
+                };
+                if self.is_pointwise() {
+                    let lhs = &x.data[first * k..(first + count) * k];
+                    matmul::matmul(dst, lhs, &self.weight, shape, accumulate, tiles.threads);
+                } else {
+                    PATCHES.with_borrow_mut(|patches| {
+                        patches.resize(count * k, 0.0);
+                        self.gather(x, (h, w), first, patches);
+                        matmul::matmul(
+                            dst,
+                            patches,
+                            &self.weight,
+                            shape,
+                            accumulate,
+                            tiles.threads,
+                        );
+                    });
+                }
+                self.finish(dst);
+            });
+        Ok(Map {
+            n: x.n,
+            h,
+            w,
+            c: self.cout,
+            data,
+        })
+    }
+
+    /// 1×1, stride 1, no padding: the input rows are the patch rows.
+    fn is_pointwise(&self) -> bool {
+        let window = &self.window;
+        window.kernel == [1, 1] && window.stride == [1, 1] && window.padding == [(0, 0); 2]
+    }
+
+    /// Fills `patches` with one row per output pixel from `first` on: for each kernel tap in
+    /// (ky, kx) order, the `cin` input channels under it, or zeros on padding.
+    fn gather(&self, x: &Map, (h, w): (usize, usize), first: usize, patches: &mut [f32]) {
+        let cin = self.cin;
+        let [_, kw] = self.window.kernel;
+        let contiguous = self.window.dilation[1] == 1;
+        for (offset, row) in patches
+            .chunks_mut(self.weight.len() / self.cout)
+            .enumerate()
+        {
+            let pixel = first + offset;
+            let (image, oy, ox) = (pixel / (h * w), pixel / w % h, pixel % w);
+            let base = image * x.h;
+            for (ky, iy) in self.window.taps(0, oy, x.h).enumerate() {
+                let taps = &mut row[ky * kw * cin..(ky + 1) * kw * cin];
+                let Some(iy) = iy else {
+                    taps.fill(0.0);
+                    continue;
+                };
+                let line = &x.data[(base + iy) * x.w * cin..(base + iy + 1) * x.w * cin];
+                let columns = self.window.taps(1, ox, x.w);
+                if contiguous {
+                    copy_run(taps, line, columns, cin);
+                } else {
+                    for (tap, ix) in taps.chunks_mut(cin).zip(columns) {
+                        match ix {
+                            Some(ix) => tap.copy_from_slice(&line[ix * cin..(ix + 1) * cin]),
+                            None => tap.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bias and ReLU over a block of finished output rows.
+    fn finish(&self, block: &mut [f32]) {
+        for row in block.chunks_mut(self.cout) {
+            if self.epilogue.relu {
+                for (value, bias) in row.iter_mut().zip(&self.bias) {
+                    *value = (*value + bias).max(0.0);
+                }
+            } else {
+                for (value, bias) in row.iter_mut().zip(&self.bias) {
+                    *value += bias;
+                }
+            }
+        }
+    }
+}
+
+/// Copies the taps of one kernel row when they are adjacent input pixels (no dilation): the
+/// taps inside the input are one contiguous run of the input line, padding on either side.
+fn copy_run(
+    taps: &mut [f32],
+    line: &[f32],
+    columns: impl Iterator<Item = Option<usize>>,
+    cin: usize,
+) {
+    // (first tap inside, its input column, taps inside)
+    let mut run = None::<(usize, usize, usize)>;
+    for (tap, ix) in columns.enumerate() {
+        match (&mut run, ix) {
+            (None, Some(ix)) => run = Some((tap, ix, 1)),
+            (Some((_, _, count)), Some(_)) => *count += 1,
+            _ => {}
+        }
+    }
+    let Some((tap, ix, count)) = run else {
+        taps.fill(0.0);
+        return;
+    };
+    let (before, rest) = taps.split_at_mut(tap * cin);
+    let (inside, after) = rest.split_at_mut(count * cin);
+    before.fill(0.0);
+    inside.copy_from_slice(&line[ix * cin..(ix + count) * cin]);
+    after.fill(0.0);
+}
+
+/// How a convolution's output rows are cut into blocks for the threads.
+struct Tiles {
+    /// Output rows per block.
+    rows: usize,
+    /// Threads each block's product may use: more than 1 only when there is a single block
+    /// (a small map at batch 1), so both cores still work on it.
+    threads: usize,
+}
+
+impl Tiles {
+    fn new(rows: usize, k: usize, threads: usize) -> Self {
+        let target = (PATCH_BYTES / (k * size_of::<f32>())).clamp(MIN_ROWS, MAX_ROWS);
+        let by_size = rows.div_ceil(target);
+        let blocks = if by_size >= threads {
+            // A multiple of the thread count, so no thread idles through the last round.
+            by_size.next_multiple_of(threads)
+        } else if rows >= threads * MIN_ROWS {
+            threads
+        } else {
+            1
+        };
+        Self {
+            rows: rows.div_ceil(blocks).max(1),
+            threads: if blocks == 1 { threads } else { 1 },
+        }
+    }
+}
+
+/// Max or average pooling over windows of a map.
+pub fn pool(x: &Map, window: &Window, kind: PoolKind) -> Result<Map, String> {
+    let (h, w) = window.output(x.h, x.w)?;
+    let c = x.c;
+    let mut data = vec![0.0; x.n * h * w * c];
+    data.par_chunks_mut(w * c)
+        .enumerate()
+        .for_each(|(line, out)| {
+            let (image, oy) = (line / h, line % h);
+            for (ox, cell) in out.chunks_mut(c).enumerate() {
+                cell.fill(match kind {
+                    PoolKind::Max => f32::NEG_INFINITY,
+                    PoolKind::Average { .. } => 0.0,
+                });
+                let mut count = 0usize;
+                for iy in window.taps(0, oy, x.h).flatten() {
+                    for ix in window.taps(1, ox, x.w).flatten() {
+                        let at = ((image * x.h + iy) * x.w + ix) * c;
+                        let pixel = &x.data[at..at + c];
+                        match kind {
+                            PoolKind::Max => {
+                                cell.iter_mut().zip(pixel).for_each(|(o, v)| *o = o.max(*v))
+                            }
+                            PoolKind::Average { .. } => {
+                                cell.iter_mut().zip(pixel).for_each(|(o, v)| *o += v)
+                            }
+                        }
+                        count += 1;
+                    }
+                }
+                if let PoolKind::Average { count_padding } = kind {
+                    let divisor = if count_padding {
+                        window.kernel[0] * window.kernel[1]
+                    } else {
+                        count.max(1)
+                    };
+                    let scale = 1.0 / divisor as f32;
+                    cell.iter_mut().for_each(|o| *o *= scale);
+                }
+            }
+        });
+    Ok(Map {
+        n: x.n,
+        h,
+        w,
+        c,
+        data,
+    })
+}
+
+/// Which reduction [`pool`] applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    /// `count_padding`: divide by the window size even where it overlaps padding.
+    Average {
+        count_padding: bool,
+    },
+}
+
+/// Mean over all pixels of each map: `[n, 1, 1, c]`.
+pub fn global_average(x: &Map) -> Map {
+    let pixels = x.h * x.w;
+    let mut data = vec![0.0; x.n * x.c];
+    for (out, image) in data.chunks_mut(x.c).zip(x.data.chunks(pixels * x.c)) {
+        for pixel in image.chunks(x.c) {
+            out.iter_mut().zip(pixel).for_each(|(o, v)| *o += v);
+        }
+        out.iter_mut().for_each(|o| *o /= pixels as f32);
+    }
+    Map {
+        n: x.n,
+        h: 1,
+        w: 1,
+        c: x.c,
+        data,
+    }
+}
+
+/// Element-wise `a op b` into `a`: equal shapes, or `b` one value per channel (`[n, 1, 1, c]`,
+/// as squeeze-and-excitation blocks multiply).
+pub fn combine(a: &mut Map, b: &Map, op: impl Fn(f32, f32) -> f32 + Sync) -> Result<(), String> {
+    if a.same_shape(b) {
+        a.data
+            .par_iter_mut()
+            .zip(&b.data)
+            .for_each(|(x, y)| *x = op(*x, *y));
+        return Ok(());
+    }
+    if (b.n, b.h, b.w, b.c) == (a.n, 1, 1, a.c) {
+        let image = a.h * a.w * a.c;
+        a.data
+            .par_chunks_mut(image)
+            .zip(b.data.par_chunks(a.c))
+            .for_each(|(maps, scale)| {
+                for pixel in maps.chunks_mut(a.c) {
+                    pixel
+                        .iter_mut()
+                        .zip(scale)
+                        .for_each(|(x, y)| *x = op(*x, *y));
+                }
+            });
+        return Ok(());
+    }
+    Err(format!(
+        "cannot combine {} with {}",
+        a.describe(),
+        b.describe()
+    ))
+}
+
+/// `x · weight + bias` for a `[inputs, outputs]` weight.
+pub fn linear(
+    x: &Vectors,
+    weight: &[f32],
+    bias: &[f32],
+    outputs: usize,
+) -> Result<Vectors, String> {
+    if x.f * outputs != weight.len() {
+        return Err(format!(
+            "input has {} features, the weights expect {}",
+            x.f,
+            weight.len() / outputs.max(1)
+        ));
+    }
+    let mut data = vec![0.0; x.n * outputs];
+    let shape = Shape {
+        m: x.n,
+        k: x.f,
+        n: outputs,
+    };
+    matmul::matmul(
+        &mut data,
+        &x.data,
+        weight,
+        shape,
+        Accumulate::No,
+        rayon::current_num_threads(),
+    );
+    for row in data.chunks_mut(outputs) {
+        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+    }
+    Ok(Vectors {
+        n: x.n,
+        f: outputs,
+        data,
+    })
+}
+
+/// Softmax over each row, shifted by the row's maximum so large logits cannot overflow.
+pub fn softmax(x: &mut Vectors) {
+    for row in x.data.chunks_mut(x.f.max(1)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for value in row.iter_mut() {
+            *value = (*value - max).exp();
+            sum += *value;
+        }
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+}

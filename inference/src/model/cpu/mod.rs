@@ -1,0 +1,448 @@
+//! The native CPU engine: the graph burn's ONNX front end loaded, run with our own
+//! channels-last kernels instead of burn-flex's operations.
+//!
+//! burn-flex runs each ONNX operation on its own: every k×k convolution converts its input
+//! NCHW → NHWC and builds a full im2col matrix, and bias, ReLU and residual adds are separate
+//! passes over freshly zeroed feature maps. Profiled on ResNet50 that plumbing took about half
+//! the time outside the matrix products (docs/PERFORMANCE.md). Here feature maps stay channels
+//! last from input to output, a convolution's bias, shortcut add and ReLU are fused into its
+//! epilogue at load time, and patch rows are gathered per cache-sized block (see [`kernels`]).
+//! The matrix products are the same `gemm` crate burn-flex uses.
+//!
+//! This is what we would propose upstream as a burn-flex inference path: layout planning
+//! across operations and epilogue fusion for convolutions.
+
+mod kernels;
+
+use std::sync::Arc;
+
+use super::graph::{GraphError, Op, Schedule, Step, Wired};
+use kernels::{Conv, Epilogue, Map, PoolKind, Vectors, Window};
+
+/// A graph compiled to native kernels, with fused convolutions.
+#[derive(Debug)]
+pub struct Plan {
+    steps: Vec<Kernel>,
+    schedule: Schedule,
+}
+
+/// One native operation and where its operands live.
+#[derive(Debug)]
+struct Kernel {
+    name: String,
+    op: NativeOp,
+    inputs: Vec<usize>,
+    output: usize,
+}
+
+#[derive(Debug)]
+enum NativeOp {
+    /// Inputs: the map, then (with a residual epilogue) the shortcut to add.
+    Conv(Box<Conv>),
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
+    Relu,
+    Sigmoid,
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    Pool(Window, PoolKind),
+    GlobalAvgPool,
+    Add,
+    Mul,
+    Flatten,
+    Linear {
+        /// `[inputs, outputs]`.
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        outputs: usize,
+    },
+    Softmax,
+    Identity,
+}
+
+/// A value between kernels. Shared (`Arc`) so a map read by two steps — a block's input,
+/// which is both the next convolution's input and the shortcut — is not copied: the last
+/// reader gets it without a copy and may overwrite it in place.
+#[derive(Clone, Debug)]
+enum Value {
+    Map(Arc<Map>),
+    Vector(Arc<Vectors>),
+}
+
+impl Wired for Kernel {
+    fn inputs(&self) -> &[usize] {
+        &self.inputs
+    }
+    fn output(&self) -> usize {
+        self.output
+    }
+}
+
+impl Plan {
+    /// Compiles burn steps (batch norms already folded into convolutions), or says which
+    /// step the native kernels do not cover, so the caller can keep burn's operations.
+    pub fn compile(
+        steps: &[Step],
+        input_slot: usize,
+        output_slot: usize,
+        slots: usize,
+    ) -> Result<Self, String> {
+        let kernels = steps.iter().map(translate).collect::<Result<Vec<_>, _>>()?;
+        let kernels = fuse(kernels, slots, output_slot);
+        let schedule = Schedule::new(&kernels, input_slot, output_slot, slots);
+        Ok(Self {
+            steps: kernels,
+            schedule,
+        })
+    }
+
+    /// Runs a batch `[N, C, H, W]`; returns the output values and the number per image.
+    pub fn forward(
+        &self,
+        input: &[f32],
+        [n, c, h, w]: [usize; 4],
+    ) -> Result<(Vec<f32>, usize), GraphError> {
+        let mut values = Vec::new();
+        let mut outputs = 0;
+        for images in input.chunks(SLICE_IMAGES * c * h * w) {
+            let count = images.len() / (c * h * w);
+            let (slice_values, per_image) = self.forward_slice(images, [count, c, h, w])?;
+            values.extend_from_slice(&slice_values);
+            outputs = per_image;
+        }
+        debug_assert_eq!(values.len(), n * outputs);
+        Ok((values, outputs))
+    }
+
+    fn forward_slice(
+        &self,
+        input: &[f32],
+        dims: [usize; 4],
+    ) -> Result<(Vec<f32>, usize), GraphError> {
+        let input = Value::Map(Arc::new(Map::from_nchw(input, dims)));
+        let output = self
+            .schedule
+            .run(&self.steps, input, |kernel, args| kernel.run(args))?;
+        let vectors = match output {
+            Value::Vector(v) => Arc::unwrap_or_clone(v),
+            Value::Map(m) => Arc::unwrap_or_clone(m).flatten(),
+        };
+        Ok((vectors.data, vectors.f))
+    }
+}
+
+/// Larger batches run through the graph in slices of this many images. Feature maps grow with
+/// the batch: ResNet50's first maps are 3.2 MB per image, and glibc hands out every block over
+/// 32 MiB freshly mapped from the OS, paying a page fault per 4 KiB on first touch, at every
+/// layer of every batch; the maps also fall out of cache. At 8 images the throughput is as good
+/// as at any size (docs/PERFORMANCE.md), and both cores still share each layer's blocks.
+const SLICE_IMAGES: usize = 8;
+
+impl Kernel {
+    fn run(&self, args: Vec<Value>) -> Result<Value, GraphError> {
+        let mut args = args.into_iter();
+        let first = args.next().ok_or_else(|| self.error("no input"))?;
+        let second = args.next();
+        let value = match &self.op {
+            NativeOp::Conv(conv) => {
+                let residual = second.map(|v| self.map(v)).transpose()?;
+                let x = self.map(first)?;
+                let out = conv
+                    .run(&x, residual.map(Arc::unwrap_or_clone))
+                    .map_err(|e| self.error(e))?;
+                Value::Map(Arc::new(out))
+            }
+            NativeOp::Affine { scale, shift } => {
+                let mut x = Arc::unwrap_or_clone(self.map(first)?);
+                if x.c != scale.len() {
+                    return Err(self.error(format!(
+                        "{} channels, batch norm has {}",
+                        x.c,
+                        scale.len()
+                    )));
+                }
+                for pixel in x.data.chunks_mut(scale.len()) {
+                    for ((v, s), t) in pixel.iter_mut().zip(scale).zip(shift) {
+                        *v = *v * s + t;
+                    }
+                }
+                Value::Map(Arc::new(x))
+            }
+            NativeOp::Relu => first.map_values(|v| v.max(0.0)),
+            NativeOp::Sigmoid => first.map_values(|v| 1.0 / (1.0 + (-v).exp())),
+            NativeOp::Clip { min, max } => first.map_values(|v| v.clamp(*min, *max)),
+            NativeOp::Pool(window, kind) => {
+                let x = self.map(first)?;
+                Value::Map(Arc::new(
+                    kernels::pool(&x, window, *kind).map_err(|e| self.error(e))?,
+                ))
+            }
+            NativeOp::GlobalAvgPool => {
+                Value::Map(Arc::new(kernels::global_average(&*self.map(first)?)))
+            }
+            NativeOp::Add | NativeOp::Mul => {
+                let second = second.ok_or_else(|| self.error("needs two operands"))?;
+                self.combine(first, second)?
+            }
+            NativeOp::Flatten => match first {
+                Value::Map(m) => Value::Vector(Arc::new(Arc::unwrap_or_clone(m).flatten())),
+                vector => vector,
+            },
+            NativeOp::Linear {
+                weight,
+                bias,
+                outputs,
+            } => {
+                let x = self.vector(first)?;
+                Value::Vector(Arc::new(
+                    kernels::linear(&x, weight, bias, *outputs).map_err(|e| self.error(e))?,
+                ))
+            }
+            NativeOp::Softmax => {
+                let mut x = Arc::unwrap_or_clone(self.vector(first)?);
+                kernels::softmax(&mut x);
+                Value::Vector(Arc::new(x))
+            }
+            NativeOp::Identity => first,
+        };
+        Ok(value)
+    }
+
+    fn combine(&self, first: Value, second: Value) -> Result<Value, GraphError> {
+        let op = match self.op {
+            NativeOp::Mul => |a: f32, b: f32| a * b,
+            _ => |a: f32, b: f32| a + b,
+        };
+        match (first, second) {
+            (Value::Map(a), Value::Map(b)) => {
+                // The per-channel operand (if any) goes second.
+                let (a, b) = if a.h * a.w < b.h * b.w {
+                    (b, a)
+                } else {
+                    (a, b)
+                };
+                let mut a = Arc::unwrap_or_clone(a);
+                kernels::combine(&mut a, &b, op).map_err(|e| self.error(e))?;
+                Ok(Value::Map(Arc::new(a)))
+            }
+            (Value::Vector(a), Value::Vector(b)) if a.data.len() == b.data.len() => {
+                let mut a = Arc::unwrap_or_clone(a);
+                a.data
+                    .iter_mut()
+                    .zip(&b.data)
+                    .for_each(|(x, y)| *x = op(*x, *y));
+                Ok(Value::Vector(Arc::new(a)))
+            }
+            _ => Err(self.error("operands of different shapes")),
+        }
+    }
+
+    fn map(&self, value: Value) -> Result<Arc<Map>, GraphError> {
+        match value {
+            Value::Map(m) => Ok(m),
+            Value::Vector(_) => Err(self.error("expected a feature map, got vectors")),
+        }
+    }
+
+    fn vector(&self, value: Value) -> Result<Arc<Vectors>, GraphError> {
+        match value {
+            Value::Vector(v) => Ok(v),
+            Value::Map(_) => Err(self.error("expected vectors, got a feature map")),
+        }
+    }
+
+    fn error(&self, reason: impl Into<String>) -> GraphError {
+        GraphError::Run {
+            node: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Value {
+    fn map_values(self, f: impl Fn(f32) -> f32) -> Value {
+        match self {
+            Value::Map(m) => {
+                let mut m = Arc::unwrap_or_clone(m);
+                m.data.iter_mut().for_each(|v| *v = f(*v));
+                Value::Map(Arc::new(m))
+            }
+            Value::Vector(v) => {
+                let mut v = Arc::unwrap_or_clone(v);
+                v.data.iter_mut().for_each(|x| *x = f(*x));
+                Value::Vector(Arc::new(v))
+            }
+        }
+    }
+}
+
+/// One burn step as a native kernel, with its weights copied out of burn's tensors.
+fn translate(step: &Step) -> Result<Kernel, String> {
+    let values = |t: burn::tensor::TensorData| {
+        t.try_to_vec::<f32>()
+            .map_err(|e| format!("{}: weights are not f32: {e:?}", step.name))
+    };
+    let op = match &step.op {
+        Op::Conv {
+            weight,
+            bias,
+            options,
+            ..
+        } => {
+            if options.groups != 1 {
+                return Err(format!("{}: grouped convolution", step.name));
+            }
+            let dims = weight.dims();
+            if dims.contains(&0) {
+                return Err(format!("{}: empty convolution weights", step.name));
+            }
+            let bias = bias.as_ref().map(|b| values(b.to_data())).transpose()?;
+            let window = Window {
+                kernel: [dims[2], dims[3]],
+                stride: options.stride,
+                padding: options.padding,
+                dilation: options.dilation,
+                ceil: false,
+            };
+            NativeOp::Conv(Box::new(Conv::new(
+                &values(weight.to_data())?,
+                dims,
+                bias.as_deref(),
+                window,
+            )))
+        }
+        Op::Affine { scale, shift } => NativeOp::Affine {
+            scale: values(scale.to_data())?,
+            shift: values(shift.to_data())?,
+        },
+        Op::Relu => NativeOp::Relu,
+        Op::Sigmoid => NativeOp::Sigmoid,
+        Op::Clip { min, max } => NativeOp::Clip {
+            min: *min,
+            max: *max,
+        },
+        Op::MaxPool(o) => NativeOp::Pool(
+            Window {
+                kernel: o.kernel_size,
+                stride: o.stride,
+                padding: o.padding,
+                dilation: o.dilation,
+                ceil: o.ceil_mode,
+            },
+            PoolKind::Max,
+        ),
+        Op::AvgPool(o) => {
+            if o.ceil_mode {
+                return Err(format!("{}: average pooling with ceil_mode", step.name));
+            }
+            NativeOp::Pool(
+                Window {
+                    kernel: o.kernel_size,
+                    stride: o.stride,
+                    padding: o.padding,
+                    dilation: [1, 1],
+                    ceil: false,
+                },
+                PoolKind::Average {
+                    count_padding: o.count_include_pad,
+                },
+            )
+        }
+        Op::GlobalAvgPool => NativeOp::GlobalAvgPool,
+        Op::Add => NativeOp::Add,
+        Op::Mul => NativeOp::Mul,
+        Op::Flatten => NativeOp::Flatten,
+        Op::Linear { weight, bias } => {
+            let [_, outputs] = weight.dims();
+            NativeOp::Linear {
+                weight: values(weight.to_data())?,
+                bias: match bias {
+                    Some(b) => values(b.to_data())?,
+                    None => vec![0.0; outputs],
+                },
+                outputs,
+            }
+        }
+        Op::Softmax => NativeOp::Softmax,
+        Op::Identity => NativeOp::Identity,
+    };
+    Ok(Kernel {
+        name: step.name.clone(),
+        op,
+        inputs: step.inputs.clone(),
+        output: step.output,
+    })
+}
+
+/// Folds shortcut adds and ReLUs into the convolution that produces their input:
+/// `relu(conv(x) + shortcut)` becomes one kernel whose epilogue adds and clamps while the
+/// output block is in cache. An add is folded into a convolution only when that
+/// convolution's output has no other reader and the shortcut is computed before it (so the
+/// fused kernel can run where the convolution ran).
+fn fuse(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> {
+    let mut readers = vec![0usize; slots];
+    readers[graph_output] += 1;
+    for kernel in &kernels {
+        for &slot in &kernel.inputs {
+            readers[slot] += 1;
+        }
+    }
+    // Index in `fused` of the kernel that writes each slot.
+    let mut writer: Vec<Option<usize>> = vec![None; slots];
+    let mut fused: Vec<Kernel> = Vec::with_capacity(kernels.len());
+    for kernel in kernels {
+        let target = match (&kernel.op, kernel.inputs.as_slice()) {
+            (NativeOp::Add, &[a, b]) => {
+                let candidates = [(a, b), (b, a)];
+                // The operand written last is the one a fused kernel can absorb.
+                candidates
+                    .into_iter()
+                    .filter(|&(conv, shortcut)| {
+                        let (Some(at), earlier) = (writer[conv], writer[shortcut]) else {
+                            return false;
+                        };
+                        readers[conv] == 1
+                            && earlier.is_none_or(|e| e < at)
+                            && matches!(&fused[at].op, NativeOp::Conv(c) if c.epilogue == Epilogue::default())
+                    })
+                    .max_by_key(|&(conv, _)| writer[conv])
+                    .map(|(conv, shortcut)| (conv, Some(shortcut)))
+            }
+            (NativeOp::Relu, &[x]) => Some((x, None)),
+            _ => None,
+        };
+        let absorbed = target.and_then(|(slot, shortcut)| {
+            let at = writer[slot]?;
+            let NativeOp::Conv(conv) = &mut fused[at].op else {
+                return None;
+            };
+            if readers[slot] != 1 || conv.epilogue.relu {
+                return None;
+            }
+            match shortcut {
+                Some(shortcut) => {
+                    conv.epilogue.residual = true;
+                    fused[at].inputs.push(shortcut);
+                }
+                None => conv.epilogue.relu = true,
+            }
+            fused[at].output = kernel.output;
+            Some(at)
+        });
+        match absorbed {
+            Some(at) => writer[kernel.output] = Some(at),
+            None => {
+                writer[kernel.output] = Some(fused.len());
+                fused.push(kernel);
+            }
+        }
+    }
+    fused
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! The native kernels against burn's operations on the same random tensors: every window
+//! shape ResNet-style graphs use, plus the awkward ones (asymmetric padding, dilation,
+//! ceil-mode pooling), and the fused epilogues.
+
+use burn::tensor::activation::relu;
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::kernels::{self, Conv, Epilogue, Map, PoolKind, Window};
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(values: &[f32], dims: [usize; 4]) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values.to_vec(), dims), &Device::flex())
+}
+
+/// burn's NCHW result as channels-last values.
+fn nhwc(t: Tensor<4>) -> Map {
+    let dims = t.dims();
+    let values = t.into_data().try_to_vec::<f32>().expect("f32");
+    Map::from_nchw(&values, dims)
+}
+
+fn assert_close(ours: &Map, reference: &Map, what: &str) {
+    assert_eq!(
+        (ours.n, ours.h, ours.w, ours.c),
+        (reference.n, reference.h, reference.w, reference.c),
+        "{what}: shape"
+    );
+    let worst = ours
+        .data
+        .iter()
+        .zip(&reference.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "{what}: max difference {worst}");
+}
+
+/// A 1×1 convolution's window.
+const POINTWISE: Window = Window {
+    kernel: [1, 1],
+    stride: [1, 1],
+    padding: [(0, 0); 2],
+    dilation: [1, 1],
+    ceil: false,
+};
+
+struct ConvCase {
+    input: [usize; 4],
+    weight: [usize; 4],
+    stride: [usize; 2],
+    padding: [(usize, usize); 2],
+    dilation: [usize; 2],
+}
+
+fn check_conv(case: &ConvCase, epilogue: Epilogue, what: &str) {
+    let x = random(case.input.iter().product(), 1);
+    let w = random(case.weight.iter().product(), 2);
+    let b = random(case.weight[0], 3);
+    let options = ConvOptions::new_with_padding(case.stride, case.padding, case.dilation, 1);
+    let bias = Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), &Device::flex());
+    let mut expected = conv2d(
+        tensor(&x, case.input),
+        tensor(&w, case.weight),
+        Some(bias),
+        options,
+    );
+    let shortcut = random(expected.dims().iter().product(), 4);
+    if epilogue.residual {
+        let dims = expected.dims();
+        expected = expected + tensor(&shortcut, dims);
+    }
+    if epilogue.relu {
+        expected = relu(expected);
+    }
+    let shortcut = Map::from_nchw(&shortcut, expected.dims());
+    let expected = nhwc(expected);
+
+    let window = Window {
+        kernel: [case.weight[2], case.weight[3]],
+        stride: case.stride,
+        padding: case.padding,
+        dilation: case.dilation,
+        ceil: false,
+    };
+    let mut conv = Conv::new(&w, case.weight, Some(&b), window);
+    conv.epilogue = epilogue;
+    let residual = epilogue.residual.then_some(shortcut);
+    let ours = conv
+        .run(&Map::from_nchw(&x, case.input), residual)
+        .expect("conv runs");
+    assert_close(&ours, &expected, what);
+}
+
+#[test]
+fn convolutions_match_burn() {
+    // (name, input NCHW, weight [out, in, kh, kw], stride, padding, dilation)
+    #[rustfmt::skip]
+    let cases = [
+        // ResNet stem: 7×7 stride 2 pad 3 on three channels.
+        ("stem", [2, 3, 23, 23], [16, 3, 7, 7], [2, 2], [(3, 3), (3, 3)], [1, 1]),
+        // Bottleneck 1×1 (the direct path) and 3×3.
+        ("1x1", [3, 32, 9, 9], [24, 32, 1, 1], [1, 1], [(0, 0), (0, 0)], [1, 1]),
+        ("3x3", [2, 16, 14, 14], [64, 16, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
+        // Downsampling: 3×3 stride 2, and the 1×1 stride-2 shortcut.
+        ("3x3/2", [2, 8, 15, 15], [8, 8, 3, 3], [2, 2], [(1, 1), (1, 1)], [1, 1]),
+        ("1x1/2", [1, 16, 14, 14], [32, 16, 1, 1], [2, 2], [(0, 0), (0, 0)], [1, 1]),
+        // Asymmetric padding, a non-square kernel, dilation.
+        ("asym", [1, 5, 10, 7], [6, 5, 2, 3], [1, 2], [(0, 1), (2, 0)], [1, 1]),
+        ("dilated", [1, 4, 12, 12], [5, 4, 3, 3], [1, 1], [(2, 2), (2, 2)], [2, 2]),
+        // Small late-layer maps at batch 1 (one block, product on both threads).
+        ("late", [1, 64, 7, 7], [96, 64, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
+    ];
+    for (name, input, weight, stride, padding, dilation) in cases {
+        let case = ConvCase {
+            input,
+            weight,
+            stride,
+            padding,
+            dilation,
+        };
+        for (residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let epilogue = Epilogue { residual, relu };
+            check_conv(&case, epilogue, &format!("{name} {epilogue:?}"));
+        }
+    }
+}
+
+#[test]
+fn a_convolution_refuses_a_map_with_the_wrong_channels() {
+    let conv = Conv::new(&[1.0; 8], [4, 2, 1, 1], None, POINTWISE);
+    let x = Map::from_nchw(&[0.0; 27], [1, 3, 3, 3]);
+    let err = conv.run(&x, None).expect_err("3 channels into 2");
+    assert!(
+        err.contains("3 channels") && err.contains("expect 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pooling_matches_burn() {
+    let dims = [2, 6, 13, 11];
+    let x = random(dims.iter().product(), 5);
+    let map = Map::from_nchw(&x, dims);
+    for (kernel, stride, padding, ceil) in [
+        ([3, 3], [2, 2], [(1, 1), (1, 1)], false), // ResNet's stem pool
+        ([3, 3], [2, 2], [(0, 0), (0, 0)], true),
+        ([2, 3], [2, 1], [(1, 0), (0, 1)], true),
+        ([2, 2], [2, 2], [(0, 0), (0, 0)], false),
+    ] {
+        let window = Window {
+            kernel,
+            stride,
+            padding,
+            dilation: [1, 1],
+            ceil,
+        };
+        let options = MaxPoolOptions::new(kernel)
+            .with_stride(stride)
+            .with_padding_pairs(padding)
+            .with_ceil_mode(ceil);
+        let expected = nhwc(max_pool2d(tensor(&x, dims), options));
+        let ours = kernels::pool(&map, &window, PoolKind::Max).expect("max pool");
+        assert_close(&ours, &expected, &format!("max {window:?}"));
+        if !ceil {
+            for count_padding in [false, true] {
+                let options = AvgPoolOptions::new(kernel)
+                    .with_stride(stride)
+                    .with_padding_pairs(padding)
+                    .with_count_include_pad(count_padding);
+                let expected = nhwc(avg_pool2d(tensor(&x, dims), options));
+                let kind = PoolKind::Average { count_padding };
+                let ours = kernels::pool(&map, &window, kind).expect("avg pool");
+                assert_close(&ours, &expected, &format!("avg {count_padding} {window:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn flatten_keeps_onnx_channel_major_order() {
+    let dims = [2, 3, 2, 2];
+    let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+    let flat = Map::from_nchw(&x, dims).flatten();
+    assert_eq!((flat.n, flat.f), (2, 12));
+    assert_eq!(flat.data, x, "NCHW flatten order is the original order");
+}
+
+#[test]
+fn per_channel_products_broadcast_over_pixels() {
+    let mut maps = Map::from_nchw(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [1, 2, 2, 2]);
+    let scale = Map::from_nchw(&[10.0, 100.0], [1, 2, 1, 1]);
+    kernels::combine(&mut maps, &scale, |a, b| a * b).expect("broadcast");
+    assert_eq!(
+        maps.flatten().data,
+        [10.0, 20.0, 30.0, 40.0, 500.0, 600.0, 700.0, 800.0]
+    );
+    let wrong = Map::from_nchw(&[1.0; 3], [1, 3, 1, 1]);
+    let err = kernels::combine(
+        &mut Map::from_nchw(&[0.0; 8], [1, 2, 2, 2]),
+        &wrong,
+        |a, b| a + b,
+    )
+    .expect_err("3 channels against 2");
+    assert!(err.contains("cannot combine"), "{err}");
+}
+
+fn kernel(name: &str, op: super::NativeOp, inputs: &[usize], output: usize) -> super::Kernel {
+    super::Kernel {
+        name: name.into(),
+        op,
+        inputs: inputs.to_vec(),
+        output,
+    }
+}
+
+fn pointwise() -> super::NativeOp {
+    super::NativeOp::Conv(Box::new(Conv::new(
+        &[1.0; 4],
+        [2, 2, 1, 1],
+        None,
+        POINTWISE,
+    )))
+}
+
+fn epilogues(kernels: &[super::Kernel]) -> Vec<(String, Option<Epilogue>, Vec<usize>, usize)> {
+    kernels
+        .iter()
+        .map(|k| {
+            let epilogue = match &k.op {
+                super::NativeOp::Conv(conv) => Some(conv.epilogue),
+                _ => None,
+            };
+            (k.name.clone(), epilogue, k.inputs.clone(), k.output)
+        })
+        .collect()
+}
+
+#[test]
+fn shortcut_adds_and_relus_fold_into_the_convolution_that_runs_last() {
+    use super::NativeOp::{Add, Relu};
+    // Slot 0 is the input. A bottleneck's main branch (conv a → 1) and its projection
+    // shortcut (conv b → 2, computed after a), then add → 3 and relu → 4.
+    let kernels = vec![
+        kernel("a", pointwise(), &[0], 1),
+        kernel("b", pointwise(), &[0], 2),
+        kernel("add", Add, &[1, 2], 3),
+        kernel("relu", Relu, &[3], 4),
+    ];
+    let fused = epilogues(&super::fuse(kernels, 5, 4));
+    let both = Epilogue {
+        residual: true,
+        relu: true,
+    };
+    assert_eq!(
+        fused,
+        [
+            ("a".into(), Some(Epilogue::default()), vec![0], 1),
+            // The add goes into b (a's output is ready before b runs), not into a.
+            ("b".into(), Some(both), vec![0, 1], 4),
+        ]
+    );
+}
+
+#[test]
+fn a_convolution_whose_output_is_read_twice_is_not_fused() {
+    use super::NativeOp::{Add, Relu};
+    let kernels = vec![
+        kernel("a", pointwise(), &[0], 1),
+        kernel("relu", Relu, &[1], 2),
+        // `1` is read by the relu and by this add: a fused relu would change what the add sees.
+        kernel("add", Add, &[1, 2], 3),
+    ];
+    let fused = epilogues(&super::fuse(kernels, 4, 3));
+    assert_eq!(fused.len(), 3, "{fused:?}");
+    assert_eq!(fused[0].1, Some(Epilogue::default()));
+}
