@@ -64,7 +64,9 @@ pub enum GraphError {
 pub enum Kernels {
     /// Our channels-last kernels with fused convolutions ([`super::cpu`]), falling back to
     /// burn's operations for a graph they do not cover. The fast path, and the default.
-    Native,
+    /// `image_size` is the side of the (square) input images the model is fed: every layer's
+    /// map size follows from it, and with it each convolution's fastest algorithm.
+    Native { image_size: usize },
     /// burn's own operations on every device (the engine before the native kernels; kept for
     /// comparison and as an escape hatch).
     Burn,
@@ -521,11 +523,16 @@ impl Builder {
         let slots = self.names.len();
         let cpu = self.device == Device::flex();
         let native = match kernels {
-            Kernels::Native if cpu => Plan::compile(&steps, input_slot, output_slot, slots)
-                .inspect_err(|why| {
-                    tracing::warn!("native CPU kernels do not cover this graph ({why}); running burn's operations");
-                })
-                .ok(),
+            Kernels::Native { image_size } if cpu => {
+                Plan::compile(&steps, input_slot, output_slot, slots, image_size)
+                    .inspect_err(|why| {
+                        tracing::warn!(
+                            "native CPU kernels do not cover this graph ({why}); \
+                             running burn's operations"
+                        );
+                    })
+                    .ok()
+            }
             _ => None,
         };
         let engine = match native {

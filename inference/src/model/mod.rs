@@ -152,7 +152,9 @@ impl Classifier {
     ) -> Result<Self, ModelError> {
         let device = device_choice.open()?;
         let kernels = match device_choice {
-            DeviceChoice::Cpu => Kernels::Native,
+            DeviceChoice::Cpu => Kernels::Native {
+                image_size: spec.preprocess.input_size as usize,
+            },
             _ => Kernels::Burn,
         };
         let network = Network::load(onnx, &device, kernels)?;

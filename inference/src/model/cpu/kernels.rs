@@ -6,10 +6,12 @@
 //! that stays in cache, and each block's product gets its bias, residual and ReLU while it is
 //! still there: no layout conversions, no full-size im2col matrix, no extra passes.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
+
+use super::winograd::{Finish, Winograd};
 
 /// A batch of feature maps, channels last: `[n, y, x, c]` lives at `((n·h + y)·w + x)·c + c`.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,11 +147,10 @@ pub struct Epilogue {
     pub relu: bool,
 }
 
-/// A 2-D convolution (ungrouped) with its weights laid out for the matrix product.
+/// A 2-D convolution (ungrouped) with its weights laid out for the method that runs it.
 #[derive(Debug)]
 pub struct Conv {
-    /// `[kh·kw·cin, cout]`, rows in (ky, kx, ci) order: the order a gathered patch row has.
-    weight: Vec<f32>,
+    method: Method,
     bias: Vec<f32>,
     cin: usize,
     cout: usize,
@@ -166,36 +167,82 @@ const MIN_ROWS: usize = 48;
 /// More rows than this gives no better product and fewer blocks to share between threads.
 const MAX_ROWS: usize = 256;
 
+/// Which way a convolution is computed, chosen once at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Patch rows times the weights: any window.
+    Patches,
+    /// Winograd F(2×2, 3×3): 3×3, stride 1, no dilation.
+    Winograd,
+}
+
+/// Below this many output pixels per image, Winograd's 2×2 tiles overhang a small map (7×7
+/// needs 4×4 tiles, 31 % wasted) and its filters (16/9 the size) are read for too few tiles:
+/// measured slower on ResNet50's 7×7 layers, 1.2–2× faster on its 14×14 to 56×56 ones
+/// (docs/PERFORMANCE.md).
+const WINOGRAD_MIN_PIXELS: usize = 14 * 14;
+
+impl Algorithm {
+    /// The faster algorithm for `window` producing `output` (height, width) maps, when known.
+    pub fn choose(window: &Window, output: Option<(usize, usize)>) -> Self {
+        let large = output.is_none_or(|(h, w)| h * w >= WINOGRAD_MIN_PIXELS);
+        if Self::winograd_fits(window) && large {
+            Self::Winograd
+        } else {
+            Self::Patches
+        }
+    }
+
+    fn winograd_fits(window: &Window) -> bool {
+        window.kernel == [3, 3] && window.stride == [1, 1] && window.dilation == [1, 1]
+    }
+}
+
+/// How a convolution is computed, with its weights laid out for that.
+#[derive(Debug)]
+enum Method {
+    /// Gathered patch rows times the `[kh·kw·cin, cout]` weights, rows in (ky, kx, ci) order
+    /// (the order of a gathered patch row).
+    Patches(Vec<f32>),
+    /// 3×3, stride 1, no dilation: Winograd F(2×2, 3×3).
+    Winograd(Winograd),
+}
+
 thread_local! {
     /// Each thread's gathered patch rows, reused by every convolution it runs.
-    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PATCHES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 impl Conv {
-    /// Takes weights in ONNX/burn layout `[cout, cin, kh, kw]`.
+    /// Takes weights in ONNX/burn layout `[cout, cin, kh, kw]`. `algorithm` Winograd applies
+    /// only to 3×3 stride-1 undilated windows; any other window is computed by patches.
     pub fn new(
         weight: &[f32],
         [cout, cin, kh, kw]: [usize; 4],
         bias: Option<&[f32]>,
         window: Window,
+        algorithm: Algorithm,
     ) -> Self {
-        let taps = kh * kw;
-        let mut packed = vec![0.0; weight.len()];
-        for (co, filter) in weight.chunks(cin * taps).enumerate() {
-            for (ci, kernel) in filter.chunks(taps).enumerate() {
-                for (tap, &value) in kernel.iter().enumerate() {
-                    packed[(tap * cin + ci) * cout + co] = value;
-                }
+        let method = match algorithm {
+            Algorithm::Winograd if Algorithm::winograd_fits(&window) => {
+                let [(top, _), (left, _)] = window.padding;
+                Method::Winograd(Winograd::new(weight, cout, cin, top, left))
             }
-        }
+            _ => Method::Patches(pack_for_patches(weight, [cout, cin, kh, kw])),
+        };
         Self {
-            weight: packed,
+            method,
             bias: bias.map_or_else(|| vec![0.0; cout], <[f32]>::to_vec),
             cin,
             cout,
             window,
             epilogue: Epilogue::default(),
         }
+    }
+
+    /// Where the kernel goes over the input.
+    pub fn window(&self) -> &Window {
+        &self.window
     }
 
     /// Convolves `x`; with a residual epilogue, `residual` (the output's shape) is added in.
@@ -227,8 +274,37 @@ impl Conv {
                 unreachable!("the plan gives a residual exactly when fused: {residual}")
             }
         };
-        let k = self.weight.len() / self.cout;
-        let tiles = Tiles::new(rows, k, rayon::current_num_threads());
+        match &self.method {
+            Method::Patches(weight) => self.by_patches(x, (h, w), weight, &mut data, accumulate),
+            Method::Winograd(winograd) => {
+                let finish = Finish {
+                    bias: &self.bias,
+                    accumulate,
+                    relu: self.epilogue.relu,
+                };
+                winograd.run(x, (h, w), &mut data, finish);
+            }
+        }
+        Ok(Map {
+            n: x.n,
+            h,
+            w,
+            c: self.cout,
+            data,
+        })
+    }
+
+    /// Patch rows gathered one block of output pixels at a time, times the weights.
+    fn by_patches(
+        &self,
+        x: &Map,
+        (h, w): (usize, usize),
+        weight: &[f32],
+        data: &mut [f32],
+        accumulate: Accumulate,
+    ) {
+        let k = self.patch_len();
+        let tiles = Tiles::new(data.len() / self.cout, k, rayon::current_num_threads());
         data.par_chunks_mut(tiles.rows * self.cout)
             .enumerate()
             .for_each(|(block, dst)| {
@@ -241,30 +317,23 @@ impl Conv {
                 };
                 if self.is_pointwise() {
                     let lhs = &x.data[first * k..(first + count) * k];
-                    matmul::matmul(dst, lhs, &self.weight, shape, accumulate, tiles.threads);
+                    matmul::matmul(dst, lhs, weight, shape, accumulate, tiles.threads);
                 } else {
-                    PATCHES.with_borrow_mut(|patches| {
-                        patches.resize(count * k, 0.0);
-                        self.gather(x, (h, w), first, patches);
-                        matmul::matmul(
-                            dst,
-                            patches,
-                            &self.weight,
-                            shape,
-                            accumulate,
-                            tiles.threads,
-                        );
-                    });
+                    // Taken, not borrowed: a product on several threads may run another
+                    // block on this one while it waits, which then gets a fresh buffer.
+                    let mut patches = PATCHES.take();
+                    patches.resize(count * k, 0.0);
+                    self.gather(x, (h, w), first, &mut patches);
+                    matmul::matmul(dst, &patches, weight, shape, accumulate, tiles.threads);
+                    PATCHES.set(patches);
                 }
                 self.finish(dst);
             });
-        Ok(Map {
-            n: x.n,
-            h,
-            w,
-            c: self.cout,
-            data,
-        })
+    }
+
+    /// Values in one patch row: every kernel tap's input channels.
+    fn patch_len(&self) -> usize {
+        self.window.kernel[0] * self.window.kernel[1] * self.cin
     }
 
     /// 1×1, stride 1, no padding: the input rows are the patch rows.
@@ -279,10 +348,7 @@ impl Conv {
         let cin = self.cin;
         let [_, kw] = self.window.kernel;
         let contiguous = self.window.dilation[1] == 1;
-        for (offset, row) in patches
-            .chunks_mut(self.weight.len() / self.cout)
-            .enumerate()
-        {
+        for (offset, row) in patches.chunks_mut(self.patch_len()).enumerate() {
             let pixel = first + offset;
             let (image, oy, ox) = (pixel / (h * w), pixel / w % h, pixel % w);
             let base = image * x.h;
@@ -322,6 +388,20 @@ impl Conv {
             }
         }
     }
+}
+
+/// `[cout, cin, kh, kw]` weights as the `[kh·kw·cin, cout]` matrix patch rows multiply.
+fn pack_for_patches(weight: &[f32], [cout, cin, kh, kw]: [usize; 4]) -> Vec<f32> {
+    let taps = kh * kw;
+    let mut packed = vec![0.0; weight.len()];
+    for (co, filter) in weight.chunks(cin * taps).enumerate() {
+        for (ci, kernel) in filter.chunks(taps).enumerate() {
+            for (tap, &value) in kernel.iter().enumerate() {
+                packed[(tap * cin + ci) * cout + co] = value;
+            }
+        }
+    }
+    packed
 }
 
 /// Copies the taps of one kernel row when they are adjacent input pixels (no dilation): the

@@ -13,11 +13,12 @@
 //! across operations and epilogue fusion for convolutions.
 
 mod kernels;
+mod winograd;
 
 use std::sync::Arc;
 
 use super::graph::{GraphError, Op, Schedule, Step, Wired};
-use kernels::{Conv, Epilogue, Map, PoolKind, Vectors, Window};
+use kernels::{Algorithm, Conv, Epilogue, Map, PoolKind, Vectors, Window};
 
 /// A graph compiled to native kernels, with fused convolutions.
 #[derive(Debug)]
@@ -83,15 +84,24 @@ impl Wired for Kernel {
 }
 
 impl Plan {
-    /// Compiles burn steps (batch norms already folded into convolutions), or says which
-    /// step the native kernels do not cover, so the caller can keep burn's operations.
+    /// Compiles burn steps (batch norms already folded into convolutions) for input images
+    /// of `image_size` × `image_size`, or says which step the native kernels do not cover,
+    /// so the caller can keep burn's operations.
     pub fn compile(
         steps: &[Step],
         input_slot: usize,
         output_slot: usize,
         slots: usize,
+        image_size: usize,
     ) -> Result<Self, String> {
-        let kernels = steps.iter().map(translate).collect::<Result<Vec<_>, _>>()?;
+        // Each slot's map size for that input, so every convolution gets the algorithm that
+        // is fastest at its size (other sizes still run correctly, perhaps a little slower).
+        let mut sizes = vec![None; slots];
+        sizes[input_slot] = Some((image_size, image_size));
+        let kernels = steps
+            .iter()
+            .map(|step| translate(step, &mut sizes))
+            .collect::<Result<Vec<_>, _>>()?;
         let kernels = fuse(kernels, slots, output_slot);
         let schedule = Schedule::new(&kernels, input_slot, output_slot, slots);
         Ok(Self {
@@ -280,8 +290,10 @@ impl Value {
     }
 }
 
-/// One burn step as a native kernel, with its weights copied out of burn's tensors.
-fn translate(step: &Step) -> Result<Kernel, String> {
+/// One burn step as a native kernel, with its weights copied out of burn's tensors. `sizes`
+/// holds the map size (height, width) of each slot computed so far; the step's own is added.
+fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel, String> {
+    let input = step.inputs.first().and_then(|&slot| sizes[slot]);
     let values = |t: burn::tensor::TensorData| {
         t.try_to_vec::<f32>()
             .map_err(|e| format!("{}: weights are not f32: {e:?}", step.name))
@@ -308,11 +320,14 @@ fn translate(step: &Step) -> Result<Kernel, String> {
                 dilation: options.dilation,
                 ceil: false,
             };
+            let output = input.and_then(|(h, w)| window.output(h, w).ok());
+            let algorithm = Algorithm::choose(&window, output);
             NativeOp::Conv(Box::new(Conv::new(
                 &values(weight.to_data())?,
                 dims,
                 bias.as_deref(),
                 window,
+                algorithm,
             )))
         }
         Op::Affine { scale, shift } => NativeOp::Affine {
@@ -369,6 +384,13 @@ fn translate(step: &Step) -> Result<Kernel, String> {
         }
         Op::Softmax => NativeOp::Softmax,
         Op::Identity => NativeOp::Identity,
+    };
+    sizes[step.output] = match &op {
+        NativeOp::Pool(window, _) => input.and_then(|(h, w)| window.output(h, w).ok()),
+        NativeOp::Conv(conv) => input.and_then(|(h, w)| conv.window().output(h, w).ok()),
+        NativeOp::GlobalAvgPool => Some((1, 1)),
+        NativeOp::Flatten | NativeOp::Linear { .. } | NativeOp::Softmax => None,
+        _ => input,
     };
     Ok(Kernel {
         name: step.name.clone(),

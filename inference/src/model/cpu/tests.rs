@@ -7,7 +7,7 @@ use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::kernels::{self, Conv, Epilogue, Map, PoolKind, Window};
+use super::kernels::{self, Algorithm, Conv, Epilogue, Map, PoolKind, Window};
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -44,7 +44,11 @@ fn assert_close(ours: &Map, reference: &Map, what: &str) {
         .zip(&reference.data)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst < 1e-4, "{what}: max difference {worst}");
+    let scale = reference.data.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        worst < 2e-6 * scale * (ours.c as f32).sqrt().max(1.0),
+        "{what}: max difference {worst} (largest value {scale})"
+    );
 }
 
 /// A 1×1 convolution's window.
@@ -64,7 +68,7 @@ struct ConvCase {
     dilation: [usize; 2],
 }
 
-fn check_conv(case: &ConvCase, epilogue: Epilogue, what: &str) {
+fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &str) {
     let x = random(case.input.iter().product(), 1);
     let w = random(case.weight.iter().product(), 2);
     let b = random(case.weight[0], 3);
@@ -94,7 +98,7 @@ fn check_conv(case: &ConvCase, epilogue: Epilogue, what: &str) {
         dilation: case.dilation,
         ceil: false,
     };
-    let mut conv = Conv::new(&w, case.weight, Some(&b), window);
+    let mut conv = Conv::new(&w, case.weight, Some(&b), window, algorithm);
     conv.epilogue = epilogue;
     let residual = epilogue.residual.then_some(shortcut);
     let ours = conv
@@ -119,6 +123,11 @@ fn convolutions_match_burn() {
         // Asymmetric padding, a non-square kernel, dilation.
         ("asym", [1, 5, 10, 7], [6, 5, 2, 3], [1, 2], [(0, 1), (2, 0)], [1, 1]),
         ("dilated", [1, 4, 12, 12], [5, 4, 3, 3], [1, 1], [(2, 2), (2, 2)], [2, 2]),
+        // Winograd (3×3 stride 1, both algorithms run): no padding with an odd output, asymmetric padding,
+        // and wide channels, so an image is cut into several blocks, the last one a row short.
+        ("wino valid", [2, 6, 13, 13], [5, 6, 3, 3], [1, 1], [(0, 0), (0, 0)], [1, 1]),
+        ("wino asym", [1, 6, 10, 9], [7, 6, 3, 3], [1, 1], [(0, 1), (1, 0)], [1, 1]),
+        ("wino blocks", [1, 256, 15, 15], [256, 256, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
         // Small late-layer maps at batch 1 (one block, product on both threads).
         ("late", [1, 64, 7, 7], [96, 64, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
     ];
@@ -131,15 +140,22 @@ fn convolutions_match_burn() {
             dilation,
         };
         for (residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
-            let epilogue = Epilogue { residual, relu };
-            check_conv(&case, epilogue, &format!("{name} {epilogue:?}"));
+            for algorithm in [Algorithm::Patches, Algorithm::Winograd] {
+                let epilogue = Epilogue { residual, relu };
+                check_conv(
+                    &case,
+                    epilogue,
+                    algorithm,
+                    &format!("{name} {epilogue:?} {algorithm:?}"),
+                );
+            }
         }
     }
 }
 
 #[test]
 fn a_convolution_refuses_a_map_with_the_wrong_channels() {
-    let conv = Conv::new(&[1.0; 8], [4, 2, 1, 1], None, POINTWISE);
+    let conv = Conv::new(&[1.0; 8], [4, 2, 1, 1], None, POINTWISE, Algorithm::Patches);
     let x = Map::from_nchw(&[0.0; 27], [1, 3, 3, 3]);
     let err = conv.run(&x, None).expect_err("3 channels into 2");
     assert!(
@@ -231,6 +247,7 @@ fn pointwise() -> super::NativeOp {
         [2, 2, 1, 1],
         None,
         POINTWISE,
+        Algorithm::Patches,
     )))
 }
 
@@ -285,4 +302,30 @@ fn a_convolution_whose_output_is_read_twice_is_not_fused() {
     let fused = epilogues(&super::fuse(kernels, 4, 3));
     assert_eq!(fused.len(), 3, "{fused:?}");
     assert_eq!(fused[0].1, Some(Epilogue::default()));
+}
+
+#[test]
+fn winograd_is_chosen_for_3x3_stride_1_on_maps_of_14x14_and_up() {
+    let mut window = POINTWISE;
+    window.kernel = [3, 3];
+    window.padding = [(1, 1); 2];
+    assert_eq!(
+        Algorithm::choose(&window, Some((56, 56))),
+        Algorithm::Winograd
+    );
+    assert_eq!(
+        Algorithm::choose(&window, Some((14, 14))),
+        Algorithm::Winograd
+    );
+    assert_eq!(Algorithm::choose(&window, None), Algorithm::Winograd);
+    assert_eq!(Algorithm::choose(&window, Some((7, 7))), Algorithm::Patches);
+    window.stride = [2, 2];
+    assert_eq!(
+        Algorithm::choose(&window, Some((28, 28))),
+        Algorithm::Patches
+    );
+    assert_eq!(
+        Algorithm::choose(&POINTWISE, Some((56, 56))),
+        Algorithm::Patches
+    );
 }
