@@ -50,12 +50,20 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "model": model.name(),
                 "device": model.device_choice(),
+                "backend": model.backend(),
+                "precision": model.precision(),
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 "results": rows,
             }))?
         );
     } else {
-        println!("model {} on {}", model.name(), model.device_choice());
+        println!(
+            "model {} on {} ({}, {})",
+            model.name(),
+            model.device_choice(),
+            model.backend(),
+            model.precision()
+        );
         println!(
             "{:>6} {:>11} {:>11} {:>11} {:>10}",
             "batch", "median ms", "p99 ms", "min ms", "images/s"

@@ -11,7 +11,7 @@ use crate::model::{Classifier, ModelSpec, Preprocess, find_specs, sha256_file};
 /// Loads the model called `name` (or the first one) from `--model`.
 pub fn load_model(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<Classifier> {
     let path = model_spec_path(args, name)?;
-    Classifier::load(&path, args.device).with_context(|| format!("loading {}", path.display()))
+    Classifier::load(&path, args.target()).with_context(|| format!("loading {}", path.display()))
 }
 
 /// The description of the model called `name` (or the first one) under `--model`.
@@ -26,7 +26,7 @@ pub fn model_spec_path(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<P
     if let (Some(model_name), None) = (bare, name) {
         let in_default = ModelArgs {
             model: PathBuf::from(DEFAULT_MODELS),
-            device: args.device,
+            ..args.clone()
         };
         return model_spec_path(&in_default, Some(model_name));
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::DeviceChoice;
+use crate::model::{DeviceChoice, Precision, Target};
 
 /// ResNet50 (and other ONNX image classifiers) served with burn.
 #[derive(Debug, Parser)]
@@ -60,6 +60,20 @@ pub struct ModelArgs {
     /// built with `--features wgpu|cuda`.
     #[arg(long, env = "INFERENCE_DEVICE", value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// Float precision of weights and activations. `f16` halves memory traffic on a GPU; it
+    /// runs on burn's operations (`--device flex|wgpu|cuda`), the native CPU kernels are f32.
+    #[arg(long, env = "INFERENCE_PRECISION", value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+impl ModelArgs {
+    /// Where and how precisely the model runs.
+    pub fn target(&self) -> Target {
+        Target {
+            device: self.device,
+            precision: self.precision,
+        }
+    }
 }
 
 /// `inference serve`.

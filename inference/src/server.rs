@@ -57,11 +57,13 @@ pub async fn load_models(args: ServeArgs, state: AppState) -> anyhow::Result<()>
         let mut entries = Vec::new();
         for spec in find_specs(&args.model.model)? {
             let started = std::time::Instant::now();
-            let classifier = Classifier::load(&spec, args.model.device)
+            let classifier = Classifier::load(&spec, args.model.target())
                 .with_context(|| format!("loading {}", spec.display()))?;
             tracing::info!(
                 model = classifier.name(),
                 device = %args.model.device,
+                precision = %args.model.precision,
+                backend = classifier.backend(),
                 seconds = started.elapsed().as_secs_f64(),
                 "model loaded"
             );

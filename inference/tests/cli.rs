@@ -78,6 +78,11 @@ fn user_errors_are_one_clear_line() {
         assert!(stderr.contains("--features cuda"), "{stderr}");
     }
 
+    let out = run(&["bench", "--model", models, "--precision", "f16"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--device flex"), "{stderr}");
+
     let out = run(&["import", "/nonexistent.onnx"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));

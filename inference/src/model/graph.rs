@@ -22,7 +22,7 @@ use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use burn::tensor::activation::{relu, sigmoid, softmax};
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, linear, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use super::cpu::Plan;
 use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
@@ -68,8 +68,9 @@ pub enum Kernels {
     /// map size follows from it, and with it each convolution's fastest algorithm.
     Native { image_size: usize },
     /// burn's own operations on every device (the engine before the native kernels; kept for
-    /// comparison and as an escape hatch).
-    Burn,
+    /// comparison and as an escape hatch), computing in `dtype` (weights are cast at load,
+    /// inputs and outputs at each call).
+    Burn { dtype: FloatDType },
 }
 
 /// A tensor flowing between operations. Classifier graphs only carry feature maps
@@ -215,6 +216,8 @@ pub struct Network {
     output_name: String,
     ends_with_softmax: bool,
     device: Device,
+    /// What burn's operations compute in (always f32 on the native engine).
+    dtype: FloatDType,
 }
 
 /// What executes the graph.
@@ -245,7 +248,16 @@ impl Network {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-        Builder::new(device.clone()).build(&graph.inputs, &graph.outputs, &graph.nodes, kernels)
+        let dtype = match kernels {
+            Kernels::Native { .. } => FloatDType::F32,
+            Kernels::Burn { dtype } => dtype,
+        };
+        Builder::new(device.clone(), dtype).build(
+            &graph.inputs,
+            &graph.outputs,
+            &graph.nodes,
+            kernels,
+        )
     }
 
     /// Whether our native CPU kernels run the graph (rather than burn's operations).
@@ -279,10 +291,12 @@ impl Network {
         match &self.engine {
             Engine::Native(plan) => plan.forward(&input, shape),
             Engine::Burn(graph) => {
-                let input = Tensor::<4>::from_data(TensorData::new(input, shape), &self.device);
+                let input = Tensor::<4>::from_data(TensorData::new(input, shape), &self.device)
+                    .cast(self.dtype);
                 let output = graph.forward(input)?;
                 let [_, outputs] = output.dims();
                 let values = output
+                    .cast(FloatDType::F32)
                     .into_data()
                     .try_into_vec::<f32>()
                     .map_err(|e| GraphError::Output(format!("{e:?}")))?;
@@ -438,14 +452,17 @@ impl Value {
 /// Walks the onnx-ir nodes in topological order and assigns each tensor name a slot.
 struct Builder {
     device: Device,
+    /// Float type the weights are uploaded in.
+    dtype: FloatDType,
     names: Vec<String>,
     steps: Vec<Step>,
 }
 
 impl Builder {
-    fn new(device: Device) -> Self {
+    fn new(device: Device, dtype: FloatDType) -> Self {
         Self {
             device,
+            dtype,
             names: Vec::new(),
             steps: Vec::new(),
         }
@@ -560,6 +577,7 @@ impl Builder {
             output_name: output.name.clone(),
             ends_with_softmax: last_op == Some(onnx_ir::NodeType::Softmax),
             device: self.device,
+            dtype: self.dtype,
         })
     }
 
@@ -742,7 +760,7 @@ impl Builder {
                 ),
             ));
         }
-        Ok(Tensor::<D>::from_data(data, &self.device))
+        Ok(Tensor::<D>::from_data(data, &self.device).cast(self.dtype))
     }
 
     fn optional_constant<const D: usize>(
@@ -793,6 +811,7 @@ impl Builder {
             .collect();
         let to_tensor = |values: Vec<f32>| {
             Tensor::<4>::from_data(TensorData::new(values, [1, channels, 1, 1]), &self.device)
+                .cast(self.dtype)
         };
         Ok((to_tensor(scale), to_tensor(shift)))
     }
@@ -821,9 +840,7 @@ fn fold_batch_norms(steps: Vec<Step>, slots: usize, graph_output: usize) -> Vec<
             let channels = weight.dims()[0];
             let scale = scale.clone().reshape([channels]);
             let shift = shift.clone().reshape([channels]);
-            let old_bias = bias
-                .take()
-                .unwrap_or_else(|| Tensor::zeros([channels], &weight.device()));
+            let old_bias = bias.take().unwrap_or_else(|| shift.zeros_like());
             *weight = weight
                 .clone()
                 .mul(scale.clone().reshape([channels, 1, 1, 1]));
