@@ -270,8 +270,13 @@ impl Conv {
                     self.cout
                 ));
             }
-            (residual, _) => {
-                unreachable!("the plan gives a residual exactly when fused: {residual}")
+            (fused, _) => {
+                // The plan passes a shortcut exactly when it fused an add into this kernel.
+                return Err(format!(
+                    "a shortcut was {} but the convolution {} one",
+                    if fused { "missing" } else { "given" },
+                    if fused { "adds" } else { "has no use for" }
+                ));
             }
         };
         match &self.method {
