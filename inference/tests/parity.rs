@@ -282,3 +282,54 @@ fn fixed_batch_export_still_runs_batches() {
         "differs from ORT by {worst}"
     );
 }
+
+/// A graph with an operation the native CPU engine lacks (here a grouped, depthwise-style
+/// convolution, as in MobileNets) still loads with `--device cpu`: it runs on burn's operations
+/// and computes what ONNX Runtime computes.
+#[test]
+fn graphs_outside_the_native_engine_fall_back_to_burn() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("grouped.onnx");
+    let script = format!(
+        "import numpy as np, onnx\nfrom onnx import helper, numpy_helper, TensorProto\n\
+         rng = np.random.default_rng(5)\n\
+         w = numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), 'w')\n\
+         fc = numpy_helper.from_array(rng.standard_normal((10, 6)).astype(np.float32), 'fc')\n\
+         nodes = [helper.make_node('Conv', ['input', 'w'], ['c'], group=3, pads=[1, 1, 1, 1]),\n\
+                  helper.make_node('Relu', ['c'], ['r']),\n\
+                  helper.make_node('GlobalAveragePool', ['r'], ['p']),\n\
+                  helper.make_node('Flatten', ['p'], ['f'], axis=1),\n\
+                  helper.make_node('Gemm', ['f', 'fc'], ['logits'], transB=1)]\n\
+         g = helper.make_graph(nodes, 'grouped',\n\
+           [helper.make_tensor_value_info('input', TensorProto.FLOAT, ['N', 3, 32, 32])],\n\
+           [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['N', 10])], [w, fc])\n\
+         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]), r'{}')\n",
+        onnx.display()
+    );
+    common::python(&["-c", &script]);
+    let mut spec = inference::model::ModelSpec {
+        name: "grouped".into(),
+        onnx: "grouped.onnx".into(),
+        sha256: None,
+        preprocess: Preprocess::imagenet(),
+        labels: "unused".into(),
+    };
+    spec.preprocess.input_size = 32;
+    let labels = common::DEMO_LABELS.iter().map(|l| l.to_string()).collect();
+    let model = Classifier::from_parts(spec, &onnx, labels, DeviceChoice::Cpu).expect("loads");
+    assert_eq!(
+        model.backend(),
+        "flex",
+        "grouped convolutions run on burn's operations"
+    );
+    let batch = inputs(2, 32);
+    let ours = model.infer(&batch).expect("runs");
+    let reference = onnx_runtime_logits(&onnx, &batch);
+    let worst = ours
+        .concat()
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+}
