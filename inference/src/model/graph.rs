@@ -145,6 +145,19 @@ impl Wired for Step {
     }
 }
 
+/// How many steps read each slot, the graph's output counting as one more reader: a value
+/// read once can be folded into the step that reads it.
+pub(super) fn readers<S: Wired>(steps: &[S], slots: usize, graph_output: usize) -> Vec<usize> {
+    let mut readers = vec![0usize; slots];
+    readers[graph_output] += 1;
+    for step in steps {
+        for &slot in step.inputs() {
+            readers[slot] += 1;
+        }
+    }
+    readers
+}
+
 /// Runs steps in order over slots, shared by both engines.
 #[derive(Debug)]
 pub(super) struct Schedule {
@@ -215,9 +228,6 @@ pub struct Network {
     input_name: String,
     output_name: String,
     ends_with_softmax: bool,
-    device: Device,
-    /// What burn's operations compute in (always f32 on the native engine).
-    dtype: FloatDType,
 }
 
 /// What executes the graph.
@@ -236,6 +246,9 @@ struct BurnGraph {
     schedule: Schedule,
     /// Threads a batch is split across (1 on a GPU, which parallelises by itself).
     threads: usize,
+    device: Device,
+    /// What the operations compute in; inputs are cast to it, outputs back to f32.
+    dtype: FloatDType,
 }
 
 impl Network {
@@ -280,19 +293,14 @@ impl Network {
         self.ends_with_softmax
     }
 
-    /// Device the weights live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Runs the graph on a batch `[N, C, H, W]` (values in that order); returns the
     /// `[N, outputs]` values and the number of outputs per image.
     pub fn run(&self, input: Vec<f32>, shape: [usize; 4]) -> Result<(Vec<f32>, usize), GraphError> {
         match &self.engine {
             Engine::Native(plan) => plan.forward(&input, shape),
             Engine::Burn(graph) => {
-                let input = Tensor::<4>::from_data(TensorData::new(input, shape), &self.device)
-                    .cast(self.dtype);
+                let input = Tensor::<4>::from_data(TensorData::new(input, shape), &graph.device)
+                    .cast(graph.dtype);
                 let output = graph.forward(input)?;
                 let [_, outputs] = output.dims();
                 let values = output
@@ -568,6 +576,8 @@ impl Builder {
                     steps,
                     schedule,
                     threads,
+                    device: self.device,
+                    dtype: self.dtype,
                 })
             }
         };
@@ -576,8 +586,6 @@ impl Builder {
             input_name: input.name.clone(),
             output_name: output.name.clone(),
             ends_with_softmax: last_op == Some(onnx_ir::NodeType::Softmax),
-            device: self.device,
-            dtype: self.dtype,
         })
     }
 
@@ -822,13 +830,7 @@ impl Builder {
 /// channel. Exact up to f32 rounding, and it removes a full read and write of every feature map
 /// per folded layer (53 of them in ResNet50) — what ONNX Runtime does at graph optimisation.
 fn fold_batch_norms(steps: Vec<Step>, slots: usize, graph_output: usize) -> Vec<Step> {
-    let mut uses = vec![0usize; slots];
-    uses[graph_output] += 1;
-    for step in &steps {
-        for &slot in &step.inputs {
-            uses[slot] += 1;
-        }
-    }
+    let uses = readers(&steps, slots, graph_output);
     let mut folded: Vec<Step> = Vec::with_capacity(steps.len());
     for step in steps {
         if let (Op::Affine { scale, shift }, [input]) = (&step.op, step.inputs.as_slice())

@@ -614,15 +614,10 @@ pub fn linear(
     })
 }
 
-/// Softmax over each row, shifted by the row's maximum so large logits cannot overflow.
+/// Softmax over each row (the model layer's numerically stable one).
 pub fn softmax(x: &mut Vectors) {
     for row in x.data.chunks_mut(x.f.max(1)) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for value in row.iter_mut() {
-            *value = (*value - max).exp();
-            sum += *value;
-        }
-        row.iter_mut().for_each(|v| *v /= sum);
+        let probabilities = crate::model::softmax(row);
+        row.copy_from_slice(&probabilities);
     }
 }

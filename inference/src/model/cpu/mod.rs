@@ -17,7 +17,7 @@ mod winograd;
 
 use std::sync::Arc;
 
-use super::graph::{GraphError, Op, Schedule, Step, Wired};
+use super::graph::{GraphError, Op, Schedule, Step, Wired, readers};
 use kernels::{Algorithm, Conv, Epilogue, Map, PoolKind, Vectors, Window};
 
 /// A graph compiled to native kernels, with fused convolutions.
@@ -406,13 +406,7 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
 /// convolution's output has no other reader and the shortcut is computed before it (so the
 /// fused kernel can run where the convolution ran).
 fn fuse(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> {
-    let mut readers = vec![0usize; slots];
-    readers[graph_output] += 1;
-    for kernel in &kernels {
-        for &slot in &kernel.inputs {
-            readers[slot] += 1;
-        }
-    }
+    let readers = readers(&kernels, slots, graph_output);
     // Index in `fused` of the kernel that writes each slot.
     let mut writer: Vec<Option<usize>> = vec![None; slots];
     let mut fused: Vec<Kernel> = Vec::with_capacity(kernels.len());
