@@ -97,14 +97,14 @@ impl Winograd {
                     .enumerate()
                     .for_each(|(block, rows)| {
                         let first_row = block * 2 * tile_rows;
-                        let tiles = rows.len() / (w * self.cout);
-                        let tiles = tiles.div_ceil(2) * tiles_across;
+                        let output_rows = rows.len() / (w * self.cout);
+                        let tiles = output_rows.div_ceil(2) * tiles_across;
                         // Taken, not borrowed: a product on several threads may run another
                         // block on this one while it waits, which then gets a fresh buffer.
                         let mut scratch = SCRATCH.take();
                         scratch.prepare(tiles, self.cin, self.cout);
                         self.transform_input(x, image, first_row, tiles_across, &mut scratch);
-                        self.multiply(&mut scratch, tiles, threads);
+                        self.multiply(&mut scratch, threads);
                         self.transform_output(&mut scratch, rows, w, tiles_across, finish);
                         SCRATCH.set(scratch);
                     });
@@ -152,7 +152,8 @@ impl Winograd {
     }
 
     /// The 16 matrix products `M[p] = V[p] · U[p]`.
-    fn multiply(&self, scratch: &mut Scratch, tiles: usize, threads: usize) {
+    fn multiply(&self, scratch: &mut Scratch, threads: usize) {
+        let tiles = scratch.tiles;
         let shape = Shape {
             m: tiles,
             k: self.cin,
