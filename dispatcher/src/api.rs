@@ -1,36 +1,38 @@
-//! HTTP surface: the proxied inference API (`/v1/*`, `/v2/*`), probes and metrics.
+//! HTTP surface: the proxied inference API (`/v1/*`, `/v2/*`), probes and metrics, served
+//! over HTTP/1.1 connections read and written here ([`crate::wire`] parses the heads).
 //!
-//! Proxied requests go straight from the connection to [`Service::forward`], without a router
-//! or middleware stack: at tens of thousands of requests per second per core, the layers a
-//! request passes through are a visible share of the dispatcher's CPU (docs/PERFORMANCE.md).
-//! Everything else (probes, metrics, unknown paths) goes through an ordinary axum router.
+//! Proxied requests go straight from the connection to the forwarding code, and the upstream's
+//! answer straight back: its head lines are copied, its body streamed. Everything else
+//! (probes, metrics, unknown paths) goes through an ordinary axum router, whose answers are
+//! small and written in one piece.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::Request;
-use http_body_util::{BodyExt, Either, Limited};
-use hyper::body::Incoming;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::admission::Admission;
 use crate::balancer::Balancer;
-use crate::connections::Relayed;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Forwarded, Outgoing, Proxy};
+use crate::wire::{self, Chunked, Framing, RequestHead, WireError, push_header};
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// A response body: streamed from an upstream, or made here.
-pub type ResponseBody = Either<Relayed, Body>;
+/// Bytes read from a client at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// How long, and how many bytes at most, a refused request's rest is read before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const MAX_LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Handler state; cheap to clone.
 #[derive(Clone, Debug)]
@@ -54,6 +56,139 @@ pub struct Service {
     routes: Router,
 }
 
+/// A client connection and the bytes read from it that no request has used yet (the start
+/// of a pipelined next request, say).
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("request body is larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error("the client went away mid-body: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Client {
+    /// Reads more bytes; `false` at the end of the stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        self.buf.reserve(READ_CHUNK);
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next request head; `None` when the client closed the connection, or when the
+    /// dispatcher drains while the connection is idle between requests.
+    async fn next_head(
+        &mut self,
+        draining: &mut watch::Receiver<bool>,
+    ) -> Result<Option<RequestHead>, WireError> {
+        loop {
+            if let Some(head) = wire::parse_request(&self.buf)? {
+                self.buf.advance(head.len);
+                return Ok(Some(head));
+            }
+            let more = if self.buf.is_empty() {
+                if *draining.borrow() {
+                    return Ok(None);
+                }
+                tokio::select! {
+                    more = self.fill() => more,
+                    // The only change is to `true` (or the sender going away): drain either way.
+                    _ = draining.changed() => return Ok(None),
+                }
+            } else {
+                self.fill().await
+            };
+            if !more.unwrap_or(false) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The whole body of `head`'s request, at most `limit` bytes.
+    async fn body(&mut self, head: &RequestHead, limit: usize) -> Result<Bytes, BodyError> {
+        let declared = match head.framing {
+            Framing::Empty | Framing::UntilClose => return Ok(Bytes::new()),
+            Framing::Length(length) => Some(
+                usize::try_from(length)
+                    .ok()
+                    .filter(|&n| n <= limit)
+                    .ok_or(BodyError::TooLarge(limit))?,
+            ),
+            Framing::Chunked => None,
+        };
+        // Checked against the limit first: refused, a waiting client never sends its body.
+        if head.expect_continue && self.buf.is_empty() {
+            self.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await?;
+        }
+        let Some(length) = declared else {
+            return self.chunked_body(limit).await;
+        };
+        while self.buf.len() < length {
+            self.fill_or_eof().await?;
+        }
+        Ok(self.buf.split_to(length).freeze())
+    }
+
+    async fn chunked_body(&mut self, limit: usize) -> Result<Bytes, BodyError> {
+        let mut chunks = Chunked::default();
+        let mut body = Vec::new();
+        loop {
+            let used = chunks.feed(&self.buf, |data| body.extend_from_slice(data))?;
+            self.buf.advance(used);
+            if body.len() > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            if chunks.is_done() {
+                return Ok(body.into());
+            }
+            self.fill_or_eof().await?;
+        }
+    }
+
+    /// Reads more bytes; the end of the stream is an error (mid-request).
+    async fn fill_or_eof(&mut self) -> std::io::Result<()> {
+        if self.fill().await? {
+            Ok(())
+        } else {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+
+    /// Answers with an error and closes the connection. What the client still sends (the
+    /// rest of a refused body) is read and dropped for a moment first: closing a socket with
+    /// unread input resets it, and the reset can destroy the answer before the client reads it.
+    async fn refuse(&mut self, response: Response, request_id: Option<&str>) {
+        if write_local(&mut self.stream, response, request_id, false, false)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = self.stream.shutdown().await;
+        let mut drained = 0;
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        while drained < MAX_LINGER_BYTES {
+            self.buf.clear();
+            tokio::select! {
+                read = self.fill() => match read {
+                    Ok(true) => drained += self.buf.len(),
+                    _ => return,
+                },
+                () = &mut linger => return,
+            }
+        }
+    }
+}
+
 impl Service {
     /// The service over `state`.
     pub fn new(state: AppState) -> Self {
@@ -63,29 +198,132 @@ impl Service {
         }
     }
 
-    /// Answers one request; errors are responses too. Every request carries an
-    /// `X-Request-Id` (the client's, or a new one) to the upstream and back to the client.
-    pub async fn call(
-        self,
-        mut request: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
-        let request_id = request_id(request.headers_mut());
-        let path = request.uri().path();
-        let mut response = if path.starts_with("/v1/") || path == "/v2" || path.starts_with("/v2/")
-        {
-            self.forward(request).await
-        } else {
-            self.routes.oneshot(request).await?.map(Either::Right)
+    /// Serves one client connection: reads a request, answers it, and goes on while the
+    /// client keeps the connection open (HTTP/1.1 keep-alive and pipelining). When `draining`
+    /// turns true, an idle connection closes at once and a busy one after its answer.
+    pub async fn serve(&self, stream: TcpStream, mut draining: watch::Receiver<bool>) {
+        // Answers are single small writes; do not hold them back (Nagle).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let mut client = Client {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
         };
-        response
-            .headers_mut()
-            .entry(REQUEST_ID)
-            .or_insert(request_id);
-        Ok(response)
+        let refusal = loop {
+            let head = match client.next_head(&mut draining).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(error) => {
+                    let status = match error {
+                        WireError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    let body = axum::Json(serde_json::json!({ "error": error.to_string() }));
+                    break ((status, body).into_response(), None);
+                }
+            };
+            match self.answer(&mut client, head, &draining).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(refusal) => break refusal,
+            }
+        };
+        client.refuse(refusal.0, refusal.1.as_deref()).await;
     }
 
-    /// The proxied path: admission, body, forwarding, and the request's metrics.
-    async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// Answers one request; `false` when the connection must close afterwards, and a
+    /// refusal (with the request's id) when the request cannot be read to its end.
+    async fn answer(
+        &self,
+        client: &mut Client,
+        head: RequestHead,
+        draining: &watch::Receiver<bool>,
+    ) -> Result<bool, (Response, Option<String>)> {
+        // Every request carries an `X-Request-Id` (the client's, or a new one) to the upstream
+        // and back to the client.
+        let (request_id, generated) = match &head.request_id {
+            Some(id) => (id.clone(), false),
+            None => (uuid::Uuid::new_v4().hyphenated().to_string(), true),
+        };
+        let path = head.target.split('?').next().unwrap_or_default();
+        let proxied = path.starts_with("/v1/") || path == "/v2" || path.starts_with("/v2/");
+        let started = Instant::now();
+        let body = match client.body(&head, self.state.max_body_bytes).await {
+            Ok(body) => body,
+            Err(BodyError::Io(error)) => {
+                tracing::debug!(%error, "client connection ended mid-request");
+                return Ok(false);
+            }
+            Err(error) => {
+                // The rest of the body is still on the wire: answer, then close.
+                let problem = match error {
+                    BodyError::TooLarge(limit) => ProxyError::TooLarge(limit),
+                    other => ProxyError::BadRequest(other.to_string()),
+                };
+                if proxied {
+                    self.count(problem.status(), started);
+                }
+                return Err((problem.into_response(), Some(request_id)));
+            }
+        };
+        let keep_alive = head.keep_alive && !*draining.borrow();
+        if !proxied {
+            let request = http::Request::builder()
+                .method(head.method.clone())
+                .uri(head.target.as_str())
+                .body(Body::from(body));
+            let response = match request {
+                Ok(request) => self
+                    .routes
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|never| match never {}),
+                Err(error) => ProxyError::BadRequest(error.to_string()).into_response(),
+            };
+            let to_head = head.method == http::Method::HEAD;
+            let written = write_local(
+                &mut client.stream,
+                response,
+                Some(&request_id),
+                keep_alive,
+                to_head,
+            );
+            return Ok(written.await.is_ok() && keep_alive);
+        }
+        let mut headers = head.forwarded;
+        if generated {
+            push_header(&mut headers, b"x-request-id", request_id.as_bytes());
+        }
+        let outgoing = Outgoing {
+            method: head.method,
+            target: head.target,
+            headers,
+            body,
+        };
+        let forwarded = self.forward(
+            client,
+            &outgoing,
+            &request_id,
+            head.http11,
+            keep_alive,
+            started,
+        );
+        Ok(forwarded.await)
+    }
+
+    /// The proxied path: admission, forwarding, relaying the answer, and the request's
+    /// metrics; `false` when the connection must close afterwards.
+    async fn forward(
+        &self,
+        client: &mut Client,
+        request: &Outgoing,
+        request_id: &str,
+        http11: bool,
+        mut keep_alive: bool,
+        started: Instant,
+    ) -> bool {
         struct InFlight<'a>(&'a prometheus::IntGauge);
         impl Drop for InFlight<'_> {
             fn drop(&mut self) {
@@ -95,37 +333,144 @@ impl Service {
         let metrics = &self.state.metrics;
         metrics.in_flight.inc();
         let _in_flight = InFlight(&metrics.in_flight);
-        let started = Instant::now();
-        let response = match admit_and_forward(&self.state, request).await {
-            Ok(response) => response.map(Either::Left),
+        let forwarded = async {
+            let _slot = self.state.admission.admit().await?;
+            self.state.proxy.forward(request).await
+        }
+        .await;
+        let Forwarded { answer, upstream } = match forwarded {
+            Ok(forwarded) => forwarded,
             Err(error) => {
                 if let ProxyError::Overloaded(reason) = &error {
                     metrics.rejected.with_label_values(&[reason]).inc();
                 } else if matches!(error, ProxyError::NoUpstream) {
                     metrics.rejected.with_label_values(&["no_upstream"]).inc();
                 }
-                error.into_response().map(Either::Right)
+                self.count(error.status(), started);
+                return write_local(
+                    &mut client.stream,
+                    error.into_response(),
+                    Some(request_id),
+                    keep_alive,
+                    false,
+                )
+                .await
+                .is_ok()
+                    && keep_alive;
             }
         };
-        metrics.count_request(response.status());
+        let head = answer.head();
+        let status = head.status;
+        let mut out = Vec::with_capacity(256 + head.forwarded.len());
+        status_line(&mut out, status);
+        out.extend_from_slice(&head.forwarded);
+        if let Some(name) = &upstream.header {
+            push_header(&mut out, b"x-upstream", name.as_bytes());
+        }
+        if !head.has_request_id {
+            push_header(&mut out, b"x-request-id", request_id.as_bytes());
+        }
+        let mut unchunk = false;
+        match head.framing {
+            Framing::Length(_) | Framing::Empty => {
+                if let Some(length) = head.declared_length.filter(|_| has_length(status)) {
+                    push_header(
+                        &mut out,
+                        b"content-length",
+                        itoa::Buffer::new().format(length).as_bytes(),
+                    );
+                }
+            }
+            Framing::Chunked if http11 => push_header(&mut out, b"transfer-encoding", b"chunked"),
+            // HTTP/1.0 knows no chunks: the end of the connection ends the body.
+            Framing::Chunked => (unchunk, keep_alive) = (true, false),
+            Framing::UntilClose => keep_alive = false,
+        }
+        if !keep_alive {
+            push_header(&mut out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        let relayed = answer.relay(&mut client.stream, out, unchunk).await;
+        self.count(status, started);
+        match relayed {
+            Ok(()) => keep_alive,
+            Err(error) => {
+                tracing::debug!(%error, "response relay ended early");
+                false
+            }
+        }
+    }
+
+    /// Counts one proxied request and its latency.
+    fn count(&self, status: StatusCode, started: Instant) {
+        let metrics = &self.state.metrics;
+        metrics.count_request(status);
         metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
-        response
     }
 }
 
-/// The request's `X-Request-Id`, set to a new UUID when the client sent none, so the upstream
-/// and the client's response carry the same one.
-fn request_id(headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&REQUEST_ID) {
-        return id.clone();
+/// `HTTP/1.1 200 OK\r\n`.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response with `status` may carry Content-Length (RFC 9110 §8.6).
+fn has_length(status: StatusCode) -> bool {
+    !status.is_informational() && status != StatusCode::NO_CONTENT
+}
+
+/// Writes a response made here (probes, metrics, errors) in one piece.
+async fn write_local(
+    stream: &mut TcpStream,
+    response: Response,
+    request_id: Option<&str>,
+    keep_alive: bool,
+    to_head: bool,
+) -> std::io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "could not render a response body");
+            Bytes::new()
+        });
+    let mut out = Vec::with_capacity(256 + body.len());
+    status_line(&mut out, parts.status);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH
+            && name != header::CONNECTION
+            && name != header::TRANSFER_ENCODING
+        {
+            push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
-    let mut text = uuid::Uuid::encode_buffer();
-    let id = HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
-        .expect("a UUID is a valid header value");
-    headers.insert(REQUEST_ID, id.clone());
-    id
+    push_header(
+        &mut out,
+        b"date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+    );
+    if let Some(id) = request_id {
+        push_header(&mut out, b"x-request-id", id.as_bytes());
+    }
+    push_header(
+        &mut out,
+        b"content-length",
+        itoa::Buffer::new().format(body.len()).as_bytes(),
+    );
+    if !keep_alive {
+        push_header(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !to_head {
+        out.extend_from_slice(&body);
+    }
+    stream.write_all(&out).await
 }
 
 /// The routes that are not proxied.
@@ -136,34 +481,6 @@ fn routes(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
-}
-
-async fn admit_and_forward(
-    state: &AppState,
-    request: Request<Incoming>,
-) -> Result<Response<Relayed>, ProxyError> {
-    let _slot = state.admission.admit().await?;
-    let (parts, body) = request.into_parts();
-    let limit = state.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(ProxyError::TooLarge(limit));
-    }
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ProxyError::TooLarge(limit));
-        }
-        Err(e) => {
-            return Err(ProxyError::BadRequest(format!(
-                "could not read the request body: {e}"
-            )));
-        }
-    };
-    state.proxy.forward(parts, body).await
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -1,34 +1,30 @@
-//! Keep-alive HTTP/1.1 connections to one upstream, driven by the task that uses them.
+//! Keep-alive HTTP/1.1 connections to one upstream, used by the task that serves the client.
 //!
-//! A request takes an idle connection (or opens one), and the task handling the client's
-//! request polls the connection's I/O itself, first for the response head and then, through
-//! [`Relayed`], while the response body streams to the client. When the body has been read to
-//! its end the connection goes back to the idle stack; if the client goes away earlier it is
-//! closed, since the rest of that response is still on the wire.
+//! A request takes an idle connection (or opens one), is written in one piece, and the
+//! response head is read on the same task; [`Answer::relay`] then moves the body to the client
+//! and puts the connection back on the idle stack once the body has been read to its end. If
+//! the client goes away earlier the connection is closed, since the rest of that response is
+//! still on the wire.
 //!
 //! Why not hyper-util's pooled client: it runs every connection on a task of its own, so each
-//! proxied request hops between tasks (and often between worker threads) three times, and it
-//! looks connections up by authority under one lock and spawns a task per request to return
-//! them. On the proxy path that bookkeeping, not the network, was the dispatcher's cost per
-//! request (docs/PERFORMANCE.md). Here the upstream owns its connections: nothing to look up,
-//! no extra tasks, and they close when the upstream leaves the set.
+//! proxied request hops between tasks (and often between worker threads) three times, and
+//! hyper's client side turns every response head into a `HeaderMap` and every body into a
+//! channel. Here the upstream owns its connections: nothing to look up, no extra tasks, and
+//! the response head's lines are passed on as they arrived (docs/PERFORMANCE.md).
 
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::wire::{self, Chunked, Framing, ResponseHead, WireError};
 
 /// Most idle connections kept per upstream; a connection finished beyond that is closed.
 const MAX_IDLE: usize = 512;
+/// Bytes read from an upstream at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The idle connections to one upstream.
 #[derive(Default)]
@@ -54,27 +50,33 @@ pub enum SendError {
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
     /// The upstream closed the connection without answering (after one retry on a new
-    /// connection when the request had not been written yet).
+    /// connection when an idle connection had been closed under us).
     #[error("the upstream closed the connection without answering")]
     Closed,
-    /// The HTTP exchange failed (connection reset, closed early, malformed response…).
-    #[error("{}", describe(.0))]
-    Http(#[source] hyper::Error),
+    /// The connection failed while the request was written or the answer read.
+    #[error("connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The upstream's answer is not valid HTTP/1.1.
+    #[error("invalid response: {0}")]
+    Invalid(#[source] WireError),
 }
 
-/// hyper's errors name their cause only in `source()`; fold it into the message clients see.
-fn describe(error: &hyper::Error) -> String {
-    std::error::Error::source(error).map_or_else(|| error.to_string(), |s| format!("{error}: {s}"))
+/// Why relaying a response body stopped early. Either way the client connection cannot carry
+/// another request: part of a response is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading the body from the upstream failed or it closed early.
+    #[error("upstream body failed: {0}")]
+    Upstream(String),
+    /// Writing to the client failed (it went away).
+    #[error("client write failed: {0}")]
+    Client(#[source] std::io::Error),
 }
 
-type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-/// One HTTP/1.1 connection: the handle requests are sent through, and the future that does
-/// its I/O, which whoever holds the connection polls.
+/// One HTTP/1.1 connection and the bytes read from it that no response has used yet.
 struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    driver: Pin<Box<Driver>>,
-    ended: bool,
+    stream: TcpStream,
+    buf: BytesMut,
 }
 
 impl Connection {
@@ -86,78 +88,73 @@ impl Connection {
             .map_err(SendError::Connect)?;
         // Requests and answers are single small writes; do not hold them back (Nagle).
         stream.set_nodelay(true).map_err(SendError::Connect)?;
-        // Flattened writes, as on the server side (server.rs): cheaper for small messages.
-        let (sender, driver) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Http)?;
         Ok(Self {
-            sender,
-            driver: Box::pin(driver),
-            ended: false,
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
         })
     }
 
-    /// Does whatever I/O is ready (writing the request, reading the response) and registers
-    /// `cx` for more.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if self.ended {
-            return;
-        }
-        if let Poll::Ready(result) = self.driver.as_mut().poll(cx) {
-            self.ended = true;
-            if let Err(error) = result {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        }
+    /// An idle connection is usable when nothing is waiting on it: not the end of the stream
+    /// (the upstream closed it) and not stray bytes.
+    fn still_idle(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Waits until a request can be sent; false when the connection has closed instead.
-    /// (A request handed to a connection whose I/O has ended would wait forever.)
-    async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            self.drive(cx);
-            if self.ended {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|result| result.is_ok())
-        })
-        .await
+    /// Reads more bytes into the buffer; `false` at the end of the stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        self.buf.reserve(READ_CHUNK);
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+}
+
+/// How one exchange failed.
+enum Failure {
+    /// Nothing came back before the connection ended: on an idle connection, the upstream
+    /// had closed it (or was closing it) as the request went out.
+    Unanswered,
+    /// Anything else.
+    Failed(SendError),
+}
+
+/// An upstream's response head, with the connection its body is still to be read from.
+pub struct Answer {
+    head: ResponseHead,
+    connection: Connection,
+    home: Arc<Connections>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer").field("head", &self.head).finish()
     }
 }
 
 impl Connections {
-    /// Sends `request` to `address` on an idle connection, or a new one when none is usable,
-    /// and returns the response with a body that keeps the connection going until it is read.
-    /// A request an idle connection turned down before writing it (the upstream had just
-    /// closed it) is sent again on a new connection, as hyper-util's client does.
+    /// Sends `request` (a complete HTTP/1.1 request, head and body) to `address` on an idle
+    /// connection, or a new one when none is usable, and returns the response head. A request
+    /// an idle connection left unanswered (the upstream closed it as the request went out) is
+    /// sent again on a new connection, as hyper-util's client and nginx do.
     pub async fn send(
         self: &Arc<Self>,
         address: &str,
         connect_timeout: Duration,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Relayed>, SendError> {
-        let (mut connection, reused) = match self.take_ready().await {
-            Some(connection) => (connection, true),
-            None => (Connection::open(address, connect_timeout).await?, false),
-        };
-        let response = match exchange(&mut connection, request).await {
-            Err(Failure::Unsent(request)) if reused => {
-                connection = Connection::open(address, connect_timeout).await?;
-                exchange(&mut connection, *request).await
+        request: &[u8],
+        to_head: bool,
+    ) -> Result<Answer, SendError> {
+        if let Some(mut connection) = self.take_idle() {
+            match exchange(&mut connection, request, to_head).await {
+                Ok(head) => return Ok(self.answer(head, connection)),
+                Err(Failure::Failed(error)) => return Err(error),
+                Err(Failure::Unanswered) => {}
             }
-            other => other,
         }
-        .map_err(|failure| match failure {
-            Failure::Unsent(_) | Failure::Dropped => SendError::Closed,
-            Failure::Failed(error) => SendError::Http(error),
-        })?;
-        let home = Arc::clone(self);
-        Ok(response.map(|body| Relayed {
-            body,
-            lease: Some((connection, home)),
-        }))
+        let mut connection = Connection::open(address, connect_timeout).await?;
+        match exchange(&mut connection, request, to_head).await {
+            Ok(head) => Ok(self.answer(head, connection)),
+            Err(Failure::Failed(error)) => Err(error),
+            Err(Failure::Unanswered) => Err(SendError::Closed),
+        }
     }
 
     /// Idle connections (for tests and debugging).
@@ -165,21 +162,27 @@ impl Connections {
         self.lock().len()
     }
 
-    /// The most recently used idle connection that is still open.
-    async fn take_ready(&self) -> Option<Connection> {
-        loop {
-            let mut connection = self.lock().pop()?;
-            if connection.ready().await {
-                return Some(connection);
-            }
+    fn answer(self: &Arc<Self>, head: ResponseHead, connection: Connection) -> Answer {
+        Answer {
+            head,
+            connection,
+            home: Arc::clone(self),
         }
     }
 
-    /// Back on the idle stack, unless it has closed.
-    fn put_back(&self, connection: Connection) {
-        if connection.ended {
-            return;
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<Connection> {
+        let mut idle = self.lock();
+        while let Some(connection) = idle.pop() {
+            if connection.still_idle() {
+                return Some(connection);
+            }
         }
+        None
+    }
+
+    /// Back on the idle stack.
+    fn put_back(&self, connection: Connection) {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
             idle.push(connection);
@@ -192,88 +195,118 @@ impl Connections {
     }
 }
 
-/// How one exchange failed.
-enum Failure {
-    /// The connection closed before the request was written; here it is, to send elsewhere.
-    Unsent(Box<Request<Full<Bytes>>>),
-    /// Sent (perhaps partly) and then failed.
-    Failed(hyper::Error),
-    /// The connection ended without a word about the request.
-    Dropped,
-}
-
-/// Sends on `connection`, driving its I/O until the response head has arrived.
+/// Writes `request` and reads up to the end of the (final, non-1xx) response head.
 async fn exchange(
     connection: &mut Connection,
-    request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, Failure> {
-    if !connection.ready().await {
-        return Err(Failure::Unsent(Box::new(request)));
+    request: &[u8],
+    to_head: bool,
+) -> Result<ResponseHead, Failure> {
+    if connection.stream.write_all(request).await.is_err() {
+        return Err(Failure::Unanswered);
     }
-    let mut pending = std::pin::pin!(connection.sender.try_send_request(request));
-    let outcome = poll_fn(|cx| {
-        connection.drive(cx);
-        match pending.as_mut().poll(cx) {
-            // Nothing is left to answer it.
-            Poll::Pending if connection.ended => Poll::Ready(None),
-            polled => polled.map(Some),
+    let mut received = false;
+    loop {
+        match wire::parse_response(&connection.buf, to_head) {
+            Ok(Some(head)) => {
+                connection.buf.advance(head.len);
+                // Interim answers (100 Continue and the like) precede the real one.
+                if !head.status.is_informational() {
+                    return Ok(head);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => return Err(Failure::Failed(SendError::Invalid(error))),
         }
-    })
-    .await;
-    match outcome {
-        Some(Ok(response)) => Ok(response),
-        Some(Err(mut error)) => Err(match error.take_message() {
-            Some(request) => Failure::Unsent(Box::new(request)),
-            None => Failure::Failed(error.into_error()),
-        }),
-        None => Err(Failure::Dropped),
-    }
-}
-
-/// A response body from an upstream that also drives the upstream connection while it is
-/// read, and returns the connection to its upstream's idle stack once read to the end.
-pub struct Relayed {
-    body: Incoming,
-    lease: Option<(Connection, Arc<Connections>)>,
-}
-
-impl std::fmt::Debug for Relayed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relayed").field("body", &self.body).finish()
-    }
-}
-
-impl Body for Relayed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some((connection, _)) = &mut this.lease {
-            connection.drive(cx);
+        match connection.fill().await {
+            Ok(true) => received = true,
+            Ok(false) | Err(_) if !received => return Err(Failure::Unanswered),
+            Ok(false) => {
+                return Err(Failure::Failed(SendError::Io(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            Err(error) => return Err(Failure::Failed(SendError::Io(error))),
         }
-        Pin::new(&mut this.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
-impl Drop for Relayed {
-    fn drop(&mut self) {
-        // A body not read to its end leaves bytes on the connection: close it instead.
-        if let Some((connection, home)) = self.lease.take()
-            && self.body.is_end_stream()
-        {
-            home.put_back(connection);
+impl Answer {
+    /// The response head as the upstream sent it.
+    pub fn head(&self) -> &ResponseHead {
+        &self.head
+    }
+
+    /// Writes `out` (the response head for the client) followed by the body to `client`:
+    /// as received, or with chunked framing removed when `unchunk` (for HTTP/1.0 clients,
+    /// whose connection then ends the body). Small answers go out in one write. The upstream
+    /// connection goes back to the idle stack when the body was read to its end.
+    pub async fn relay<W: AsyncWrite + Unpin>(
+        mut self,
+        client: &mut W,
+        mut out: Vec<u8>,
+        unchunk: bool,
+    ) -> Result<(), RelayError> {
+        let upstream = |e: std::io::Error| RelayError::Upstream(e.to_string());
+        let connection = &mut self.connection;
+        let mut chunks = Chunked::default();
+        let mut left = match self.head.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        loop {
+            let finished = match self.head.framing {
+                Framing::Empty => true,
+                Framing::Length(_) => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(connection.buf.len());
+                    out.extend_from_slice(&connection.buf[..take]);
+                    connection.buf.advance(take);
+                    left -= take as u64;
+                    left == 0
+                }
+                Framing::Chunked => {
+                    let buf = &connection.buf;
+                    let used = chunks
+                        .feed(buf, |data| {
+                            if unchunk {
+                                out.extend_from_slice(data);
+                            }
+                        })
+                        .map_err(|e| RelayError::Upstream(e.to_string()))?;
+                    if !unchunk {
+                        out.extend_from_slice(&buf[..used]);
+                    }
+                    connection.buf.advance(used);
+                    chunks.is_done()
+                }
+                Framing::UntilClose => {
+                    out.extend_from_slice(&connection.buf);
+                    connection.buf.clear();
+                    false
+                }
+            };
+            if !out.is_empty() {
+                client.write_all(&out).await.map_err(RelayError::Client)?;
+                out.clear();
+            }
+            if finished {
+                break;
+            }
+            if !connection.fill().await.map_err(upstream)? {
+                if self.head.framing == Framing::UntilClose {
+                    return Ok(());
+                }
+                return Err(RelayError::Upstream(
+                    "closed before the end of the body".into(),
+                ));
+            }
         }
+        // Bytes beyond the response mean the upstream does not frame its answers as it says.
+        if self.head.reusable && self.connection.buf.is_empty() {
+            self.home.put_back(self.connection);
+        }
+        Ok(())
     }
 }

@@ -13,3 +13,4 @@ pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod wire;

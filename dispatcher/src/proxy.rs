@@ -1,5 +1,6 @@
 //! Forwarding one request: pick an upstream, send over one of its keep-alive connections, retry
-//! once elsewhere when the first upstream could not take it, and stream the response back.
+//! once elsewhere when the first upstream could not take it, and hand the answer back for the
+//! body to be streamed to the client.
 //!
 //! Request bodies are buffered (bounded by `--max-body-bytes`) because a retry must resend
 //! them; images are small. Response bodies are streamed.
@@ -8,31 +9,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::Full;
+use http::{Method, StatusCode};
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
-use crate::connections::Relayed;
+use crate::connections::Answer;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::wire::push_header;
 
-/// Names the upstream that answered, for debugging balance and failures.
-pub const X_UPSTREAM: HeaderName = HeaderName::from_static("x-upstream");
+/// A client request as it goes to any upstream: everything but the `Host` line.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The method.
+    pub method: Method,
+    /// Origin-form target (`/path?query`).
+    pub target: String,
+    /// End-to-end header lines (`name: value\r\n`), `X-Request-Id` included.
+    pub headers: Vec<u8>,
+    /// The whole body.
+    pub body: Bytes,
+}
 
-/// Headers that describe one connection, not the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+impl Outgoing {
+    /// The request's bytes for the upstream whose `Host` value is `host`: one buffer, so a
+    /// small request is one write.
+    fn encode(&self, host: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.headers.len() + self.body.len());
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        push_header(&mut out, b"host", host);
+        out.extend_from_slice(&self.headers);
+        let expects_body = matches!(self.method, Method::POST | Method::PUT | Method::PATCH);
+        if expects_body || !self.body.is_empty() {
+            let mut length = itoa::Buffer::new();
+            push_header(
+                &mut out,
+                b"content-length",
+                length.format(self.body.len()).as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// An upstream's answer and who gave it.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The response head, with the body still to relay.
+    pub answer: Answer,
+    /// The upstream that answered.
+    pub upstream: Arc<Upstream>,
+}
 
 /// Shared forwarding machinery.
 #[derive(Debug)]
@@ -47,13 +79,13 @@ pub struct Proxy {
 /// How one attempt ended.
 enum Attempt {
     /// A response to hand to the client.
-    Answered(Response<Relayed>),
+    Answered(Answer),
     /// Worth trying another upstream (connection refused/reset, or 503 back-pressure).
     Retryable(Retry),
 }
 
 enum Retry {
-    Overloaded(Response<Relayed>),
+    Overloaded(Answer),
     Failed(String),
 }
 
@@ -81,17 +113,17 @@ impl Proxy {
     }
 
     /// Forwards a buffered request, retrying once on another upstream when allowed.
-    pub async fn forward(
-        &self,
-        parts: http::request::Parts,
-        body: Bytes,
-    ) -> Result<Response<Relayed>, ProxyError> {
+    pub async fn forward(&self, request: &Outgoing) -> Result<Forwarded, ProxyError> {
         self.budget.deposit();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let first = self.balancer.pick(None).ok_or(ProxyError::NoUpstream)?;
         let first_upstream = first.upstream().clone();
-        let retry = match self.attempt(&parts, body.clone(), first, deadline).await? {
-            Attempt::Answered(response) => return Ok(finish(response, &first_upstream)),
+        let answered = |answer, upstream: &Arc<Upstream>| Forwarded {
+            answer,
+            upstream: upstream.clone(),
+        };
+        let retry = match self.attempt(request, first, deadline).await? {
+            Attempt::Answered(answer) => return Ok(answered(answer, &first_upstream)),
             Attempt::Retryable(retry) => retry,
         };
         let first_address = first_upstream.address.as_str();
@@ -101,7 +133,7 @@ impl Proxy {
             .filter(|r| r.upstream().address != first_address);
         let (Some(second), true) = (another, self.budget.withdraw()) else {
             return match retry {
-                Retry::Overloaded(response) => Ok(finish(response, &first_upstream)),
+                Retry::Overloaded(answer) => Ok(answered(answer, &first_upstream)),
                 Retry::Failed(reason) => Err(ProxyError::Upstream {
                     upstream: first_upstream.address.clone(),
                     reason,
@@ -111,9 +143,9 @@ impl Proxy {
         self.metrics.retries.inc();
         let second_upstream = second.upstream().clone();
         tracing::debug!(from = %first_address, to = %second_upstream.address, "retrying on another upstream");
-        match self.attempt(&parts, body, second, deadline).await? {
-            Attempt::Answered(response) | Attempt::Retryable(Retry::Overloaded(response)) => {
-                Ok(finish(response, &second_upstream))
+        match self.attempt(request, second, deadline).await? {
+            Attempt::Answered(answer) | Attempt::Retryable(Retry::Overloaded(answer)) => {
+                Ok(answered(answer, &second_upstream))
             }
             Attempt::Retryable(Retry::Failed(reason)) => Err(ProxyError::Upstream {
                 upstream: second_upstream.address.clone(),
@@ -124,19 +156,22 @@ impl Proxy {
 
     async fn attempt(
         &self,
-        parts: &http::request::Parts,
-        body: Bytes,
+        request: &Outgoing,
         in_flight: InFlight,
         deadline: tokio::time::Instant,
     ) -> Result<Attempt, ProxyError> {
         let upstream = in_flight.upstream().clone();
         let address = upstream.address.as_str();
-        let request = upstream_request(parts, &upstream, body)?;
+        let host = upstream.header.as_ref().ok_or_else(|| {
+            ProxyError::BadRequest(format!("cannot forward to {address}: not a host:port"))
+        })?;
+        let bytes = request.encode(host.as_bytes());
+        let to_head = request.method == Method::HEAD;
         let sent = tokio::time::timeout_at(
             deadline,
             upstream
                 .connections
-                .send(address, self.connect_timeout, request),
+                .send(address, self.connect_timeout, &bytes, to_head),
         )
         .await;
         let result = match sent {
@@ -150,8 +185,8 @@ impl Proxy {
                 self.count(address, "error");
                 Attempt::Retryable(Retry::Failed(error.to_string()))
             }
-            Ok(Ok(response)) => {
-                let status = response.status();
+            Ok(Ok(answer)) => {
+                let status = answer.head().status;
                 self.count(address, status.as_str());
                 // 503 is the inference server's back-pressure (queue full): try another pod,
                 // but do not count it towards ejection, or an overloaded fleet would eject
@@ -164,9 +199,9 @@ impl Proxy {
                     };
                 self.balancer.record(&in_flight, outcome);
                 if status == StatusCode::SERVICE_UNAVAILABLE {
-                    Attempt::Retryable(Retry::Overloaded(response))
+                    Attempt::Retryable(Retry::Overloaded(answer))
                 } else {
-                    Attempt::Answered(response)
+                    Attempt::Answered(answer)
                 }
             }
         };
@@ -178,97 +213,5 @@ impl Proxy {
             .upstream_requests
             .with_label_values(&[upstream, code])
             .inc();
-    }
-}
-
-/// The request as sent to `upstream`: same method, path, query and end-to-end headers, in
-/// origin form (`/path?query`) with `Host` set to the upstream, from a header value built once
-/// per upstream.
-fn upstream_request(
-    parts: &http::request::Parts,
-    upstream: &Upstream,
-    body: Bytes,
-) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let host = upstream.header.clone().ok_or_else(|| {
-        ProxyError::BadRequest(format!(
-            "cannot forward to {}: not a host:port",
-            upstream.address
-        ))
-    })?;
-    let uri = match parts.uri.path_and_query() {
-        // Already origin form, as clients send it: reuse it as is.
-        Some(_) if parts.uri.authority().is_none() => parts.uri.clone(),
-        Some(path) => Uri::from(path.clone()),
-        None => Uri::from_static("/"),
-    };
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    let headers = request.headers_mut();
-    headers.clone_from(&parts.headers);
-    strip_hop_by_hop(headers);
-    headers.insert(header::HOST, host);
-    Ok(request)
-}
-
-/// Removes hop-by-hop headers, including those `Connection` names. Most requests carry none,
-/// so one pass over the names decides whether there is anything to remove.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let is_hop_by_hop = |name: &HeaderName| HOP_BY_HOP.contains(&name.as_str());
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        headers.remove(name);
-    }
-}
-
-fn finish(response: Response<Relayed>, upstream: &Upstream) -> Response<Relayed> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(value) = &upstream.header {
-        parts.headers.insert(X_UPSTREAM, value.clone());
-    }
-    Response::from_parts(parts, body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn hop_by_hop_headers_are_stripped_including_connection_named_ones() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("content-type", HeaderValue::from_static("image/jpeg"));
-        h.insert("x-request-id", HeaderValue::from_static("abc"));
-        let mut out = h.clone();
-        strip_hop_by_hop(&mut out);
-        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(out.contains_key("content-type") && out.contains_key("x-request-id"));
-        // Only a header that `Connection` names, with no hop-by-hop header of its own: kept.
-        let mut plain = HeaderMap::new();
-        plain.insert("x-secret", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut plain);
-        assert!(plain.contains_key("x-secret"));
     }
 }

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::Admission;
@@ -85,44 +82,14 @@ pub async fn serve_on(
             },
             () = &mut shutdown => break,
         };
-        tokio::spawn(serve_connection(stream, service.clone(), drained.clone()));
+        let (service, draining) = (service.clone(), drained.clone());
+        tokio::spawn(async move { service.serve(stream, draining).await });
     }
     drop(listener);
     draining.send_replace(true);
     drop(drained);
     draining.closed().await;
     Ok(())
-}
-
-/// One client connection (HTTP/1.1 keep-alive), until the client closes it or, at shutdown,
-/// its request in flight has been answered.
-async fn serve_connection(
-    stream: TcpStream,
-    service: Service,
-    mut draining: watch::Receiver<bool>,
-) {
-    // Answers are single small writes; do not hold them back (Nagle).
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
-    // One flattened write per response instead of writev over header and body buffers: for
-    // the small answers of this API the copy is cheaper than the vectored syscall path.
-    let connection = http1::Builder::new().writev(false).serve_connection(
-        TokioIo::new(stream),
-        service_fn(move |request| service.clone().call(request)),
-    );
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        // The only change is to `true` (or the sender going away): drain either way.
-        _ = draining.changed() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "client connection ended with an error");
-    }
 }
 
 async fn start_discovery(

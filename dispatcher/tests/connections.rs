@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dispatcher::connections::{Connections, SendError};
-use http::{Request, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -41,24 +40,51 @@ async fn server(close: bool) -> (String, Arc<AtomicUsize>) {
     (address, accepted)
 }
 
-fn request(address: &str) -> Request<Full<Bytes>> {
-    Request::post("/v1/classify")
-        .header(header::HOST, address)
-        .body(Full::new(Bytes::from_static(b"image")))
-        .expect("request")
+fn request(address: &str) -> Vec<u8> {
+    format!("POST /v1/classify HTTP/1.1\r\nhost: {address}\r\ncontent-length: 5\r\n\r\nimage")
+        .into_bytes()
+}
+
+/// Sends one request and relays the answer's body (`unchunk` as for an HTTP/1.0 client).
+async fn exchange(
+    connections: &Arc<Connections>,
+    address: &str,
+    unchunk: bool,
+) -> Result<Vec<u8>, SendError> {
+    let answer = connections
+        .send(address, Duration::from_secs(1), &request(address), false)
+        .await?;
+    assert_eq!(answer.head().status, 200);
+    let mut body = Vec::new();
+    answer
+        .relay(&mut body, Vec::new(), unchunk)
+        .await
+        .expect("relayed");
+    Ok(body)
 }
 
 async fn send(connections: &Arc<Connections>, address: &str) -> Result<Bytes, SendError> {
-    let response = connections
-        .send(address, Duration::from_secs(1), request(address))
-        .await?;
-    assert_eq!(response.status(), 200);
-    Ok(response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes())
+    exchange(connections, address, false).await.map(Bytes::from)
+}
+
+/// A raw upstream that reads one request per turn and writes `answers` in order on each
+/// connection it accepts (closing it after the last one).
+fn scripted(answers: &'static [&'static str]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            for answer in answers {
+                let mut request = [0u8; 4096];
+                if stream.read(&mut request).unwrap_or(0) == 0 {
+                    break;
+                }
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        }
+    });
+    address
 }
 
 #[tokio::test]
@@ -159,7 +185,60 @@ async fn a_connection_reset_before_the_request_is_an_error_not_a_hang() {
         .expect_err("reset");
     closing.join().expect("join");
     assert!(
-        matches!(error, SendError::Http(_) | SendError::Closed),
+        matches!(error, SendError::Io(_) | SendError::Closed),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn chunked_answers_pass_through_or_are_decoded_and_the_connection_is_reused() {
+    const CHUNKED: &str = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                           3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+    let address = scripted(&[CHUNKED, CHUNKED]);
+    let connections = Arc::new(Connections::default());
+    let raw = exchange(&connections, &address, false)
+        .await
+        .expect("first");
+    assert_eq!(raw, b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n");
+    assert_eq!(connections.idle(), 1, "read to its end, so reusable");
+    let decoded = exchange(&connections, &address, true)
+        .await
+        .expect("second");
+    assert_eq!(decoded, b"abcde");
+}
+
+#[tokio::test]
+async fn answers_without_length_end_with_the_connection_and_are_not_reused() {
+    let address = scripted(&["HTTP/1.1 200 OK\r\n\r\nall of it"]);
+    let connections = Arc::new(Connections::default());
+    let body = exchange(&connections, &address, false).await.expect("send");
+    assert_eq!(body, b"all of it");
+    assert_eq!(connections.idle(), 0);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_a_relay_error_and_malformed_answers_are_invalid() {
+    let short = scripted(&["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"]);
+    let connections = Arc::new(Connections::default());
+    let answer = connections
+        .send(&short, Duration::from_secs(1), &request(&short), false)
+        .await
+        .expect("head");
+    let mut body = Vec::new();
+    let error = answer
+        .relay(&mut body, Vec::new(), false)
+        .await
+        .expect_err("cut short");
+    assert!(
+        error.to_string().contains("closed before the end"),
+        "{error}"
+    );
+    assert_eq!((body.as_slice(), connections.idle()), (&b"abc"[..], 0));
+
+    let garbage = scripted(&["SMTP ready\r\n\r\n"]);
+    let error = Arc::new(Connections::default())
+        .send(&garbage, Duration::from_secs(1), &request(&garbage), false)
+        .await
+        .expect_err("not HTTP");
+    assert!(matches!(error, SendError::Invalid(_)), "{error}");
 }

@@ -51,6 +51,12 @@ async fn classify(
     )
 }
 
+/// A body of unknown length, which hyper sends chunked.
+async fn stream() -> axum::body::Body {
+    let parts = ["hello ", "world"].map(|p| Ok::<_, std::convert::Infallible>(p.to_string()));
+    axum::body::Body::from_stream(futures::stream::iter(parts))
+}
+
 async fn upstream(name: &str, delay: Duration, status: StatusCode) -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -65,6 +71,7 @@ async fn upstream(name: &str, delay: Duration, status: StatusCode) -> Upstream {
     };
     let app = Router::new()
         .route("/v1/classify", post(classify))
+        .route("/v1/stream", axum::routing::get(stream))
         .with_state(state);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -361,4 +368,157 @@ async fn requests_in_flight_at_shutdown_are_finished() {
     let results = running.await.expect("load");
     assert_eq!(results.len(), 6);
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+}
+
+/// Writes `request` on a new connection and reads until the dispatcher closes it.
+async fn raw(url: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the dispatcher closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_with_chunked_and_fixed_bodies_are_answered_in_order() {
+    let a = upstream("a", Duration::ZERO, StatusCode::OK).await;
+    let d = Dispatcher::start(&[&a], &[]).await;
+    let answer = raw(
+        &d.url,
+        b"POST /v1/classify HTTP/1.1\r\nHost: d\r\nX-Request-Id: one\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n2\r\n!!\r\n0\r\n\r\n\
+          POST /v1/classify HTTP/1.1\r\nHost: d\r\nX-Request-Id: two\r\nContent-Length: 3\r\n\
+          Connection: close\r\n\r\nabc",
+    )
+    .await;
+    let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{answer}");
+    assert!(answers[0].contains(r#""bytes":7"#) && answers[0].contains(r#""request_id":"one""#));
+    assert!(answers[1].contains(r#""bytes":3"#) && answers[1].contains(r#""request_id":"two""#));
+    assert!(!answers[0].contains("connection: close") && answers[1].contains("connection: close"));
+    assert!(answers[0].contains("x-upstream: 127.0.0.1:"), "{answer}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_expecting_100_continue_gets_it_before_sending_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a", Duration::ZERO, StatusCode::OK).await;
+    let d = Dispatcher::start(&[&a], &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = "POST /v1/classify HTTP/1.1\r\nHost: d\r\nContent-Length: 4\r\n\
+                Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut interim))
+        .await
+        .expect("an interim answer, not a wait for the body")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"jpeg").await.expect("body");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK") && answer.contains(r#""bytes":4"#),
+        "{answer}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_answers_stay_chunked_for_http11_and_are_decoded_for_http10() {
+    let a = upstream("a", Duration::ZERO, StatusCode::OK).await;
+    let d = Dispatcher::start(&[&a], &[]).await;
+    let modern = raw(
+        &d.url,
+        b"GET /v1/stream HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        modern.contains("transfer-encoding: chunked\r\n"),
+        "{modern}"
+    );
+    assert!(
+        modern.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
+        "{modern}"
+    );
+    let old = raw(&d.url, b"GET /v1/stream HTTP/1.0\r\n\r\n").await;
+    assert!(
+        !old.contains("transfer-encoding") && old.contains("connection: close\r\n"),
+        "{old}"
+    );
+    assert!(old.ends_with("\r\n\r\nhello world"), "{old}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answer() {
+    let a = upstream("a", Duration::ZERO, StatusCode::OK).await;
+    let d = Dispatcher::start(&[&a], &["--max-body-bytes", "100"]).await;
+    let status_and_error = |answer: String| {
+        let status = answer.get(9..12).unwrap_or_default().to_string();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let error = serde_json::from_str::<Value>(body)
+            .map(|v| v["error"].as_str().unwrap_or_default().to_string());
+        (
+            status,
+            error.unwrap_or_else(|_| format!("not JSON: {answer}")),
+        )
+    };
+    let (status, error) = status_and_error(raw(&d.url, b"NOT HTTP AT ALL\r\n\r\n").await);
+    assert_eq!(status, "400");
+    assert!(error.contains("malformed"), "{error}");
+
+    let mut huge = b"GET /v1/classify HTTP/1.1\r\nX-Big: ".to_vec();
+    huge.resize(70 * 1024, b'a');
+    huge.extend_from_slice(b"\r\n\r\n");
+    let (status, error) = status_and_error(raw(&d.url, &huge).await);
+    assert_eq!(status, "431");
+    assert!(error.contains("larger than 65536 bytes"), "{error}");
+
+    // The whole body is sent: the answer must survive the unread rest (no reset).
+    let mut big = b"POST /v1/classify HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    big.resize(big.len() + 5000, b'x');
+    let (status, error) = status_and_error(raw(&d.url, &big).await);
+    assert_eq!(
+        (status.as_str(), error.as_str()),
+        ("413", "request body is larger than the 100-byte limit")
+    );
+
+    let chunked = b"POST /v1/classify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let (status, error) = status_and_error(raw(&d.url, chunked).await);
+    assert_eq!(status, "400");
+    assert!(error.contains("chunk"), "{error}");
+    assert_eq!(
+        a.hits.load(Ordering::Relaxed),
+        0,
+        "nothing unreadable was forwarded"
+    );
+
+    let probe = raw(
+        &d.url,
+        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        probe.starts_with("HTTP/1.1 200 OK\r\n") && probe.ends_with("\r\n\r\nok"),
+        "{probe}"
+    );
+    assert!(
+        probe.contains("\r\ndate: ") && probe.contains("\r\ncontent-length: 2\r\n"),
+        "{probe}"
+    );
+    let (status, error) = status_and_error(raw(&d.url, b"GET /nope HTTP/1.0\r\n\r\n").await);
+    assert_eq!(status, "404");
+    assert!(error.contains("no route for GET /nope"), "{error}");
+    d.stop().await;
 }
