@@ -7,11 +7,13 @@
 //! per request than the network (docs/PERFORMANCE.md). Here a head is parsed in place and its
 //! end-to-end lines are copied into the next hop's head as they are.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Longest request or response head accepted (request line or status line plus headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Most header lines in one head.
+/// Most header lines in one head. The parser's slots for them are left uninitialised (4 KiB
+/// that would otherwise be zeroed for every head).
 const MAX_HEADERS: usize = 128;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the framing
@@ -130,9 +132,10 @@ pub struct ResponseHead {
 
 /// Parses a request head at the start of `buf`; `None` until it is complete.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, WireError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let Some(len) = complete(request.parse(buf)?, buf.len())? else {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = request.parse_with_uninit_headers(buf, &mut headers)?;
+    let Some(len) = complete(parsed, buf.len())? else {
         return Ok(None);
     };
     let method = request.method.unwrap_or_default();
@@ -173,9 +176,14 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, WireError> {
 /// Parses a response head at the start of `buf` (the answer to a `HEAD` request when
 /// `to_head`); `None` until it is complete.
 pub fn parse_response(buf: &[u8], to_head: bool) -> Result<Option<ResponseHead>, WireError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let Some(len) = complete(response.parse(buf)?, buf.len())? else {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut headers,
+    )?;
+    let Some(len) = complete(parsed, buf.len())? else {
         return Ok(None);
     };
     let status = http::StatusCode::from_u16(response.code.unwrap_or_default())
