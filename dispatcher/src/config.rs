@@ -65,8 +65,9 @@ pub struct Config {
     #[arg(long, env = "DISPATCHER_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
     /// Threads that serve requests (default: the CPUs this process may use, cgroup quota
-    /// included). On a machine shared with other busy processes, fewer threads than cores
-    /// gives a shorter latency tail (docs/PERFORMANCE.md).
+    /// included). `1` runs everything on one event loop, like one nginx worker. On a machine
+    /// shared with other busy processes, fewer threads than cores gives a shorter latency
+    /// tail (docs/PERFORMANCE.md).
     #[arg(long, env = "DISPATCHER_WORKERS")]
     pub workers: Option<std::num::NonZeroUsize>,
     /// Log format.

@@ -19,10 +19,17 @@ use crate::proxy::Proxy;
 
 /// The async runtime the server runs on: `workers` threads, or one per usable CPU.
 pub fn runtime(workers: Option<NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        runtime.worker_threads(workers.get());
-    }
+    let mut runtime = match workers {
+        // One thread, like one nginx worker: the event loop, the accept loop and every
+        // connection on it, with no scheduler hand-offs between threads.
+        Some(one) if one.get() == 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(workers.get());
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().build()
 }
 
