@@ -269,8 +269,15 @@ impl Service {
         };
         let keep_alive = head.keep_alive && !*draining.borrow();
         if !proxied {
+            // HEAD is answered as GET without the body, so the length is the GET's.
+            let to_head = head.method == http::Method::HEAD;
+            let method = if to_head {
+                http::Method::GET
+            } else {
+                head.method.clone()
+            };
             let request = http::Request::builder()
-                .method(head.method.clone())
+                .method(method)
                 .uri(head.target.as_str())
                 .body(Body::from(body));
             let response = match request {
@@ -282,7 +289,6 @@ impl Service {
                     .unwrap_or_else(|never| match never {}),
                 Err(error) => ProxyError::BadRequest(error.to_string()).into_response(),
             };
-            let to_head = head.method == http::Method::HEAD;
             let written = write_local(
                 &mut client.stream,
                 response,
