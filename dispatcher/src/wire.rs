@@ -481,26 +481,27 @@ mod tests {
 
     #[test]
     fn ambiguous_or_unsupported_framing_is_refused() {
-        let both = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            parse_request(both).expect_err("refused"),
-            WireError::AmbiguousLength
-        );
-        let gzip = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
-        assert_eq!(
-            parse_request(gzip).expect_err("refused"),
-            WireError::UnsupportedEncoding
-        );
-        let twice = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
-        assert_eq!(
-            parse_request(twice).expect_err("refused"),
-            WireError::BadLength
-        );
-        let sign = b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n";
-        assert_eq!(
-            parse_request(sign).expect_err("refused"),
-            WireError::BadLength
-        );
+        let refused: [(&[u8], WireError); 4] = [
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                WireError::AmbiguousLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                WireError::UnsupportedEncoding,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                WireError::BadLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+                WireError::BadLength,
+            ),
+        ];
+        for (head, error) in refused {
+            assert_eq!(parse_request(head).expect_err("refused"), error);
+        }
         assert_eq!(
             request(
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
