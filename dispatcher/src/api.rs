@@ -47,6 +47,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Longest silence from a client in the middle of a request.
+    pub client_timeout: std::time::Duration,
 }
 
 /// What every client connection runs; cheap to clone.
@@ -61,17 +63,36 @@ pub struct Service {
 struct Client {
     stream: TcpStream,
     buf: BytesMut,
+    /// Longest wait for more bytes in the middle of a request.
+    stall: std::time::Duration,
 }
 
-/// Why a request body could not be read.
+/// Why a request could not be read.
 #[derive(Debug, thiserror::Error)]
-enum BodyError {
+enum ReadError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("request body is larger than the {0}-byte limit")]
     TooLarge(usize),
-    #[error("the client went away mid-body: {0}")]
+    #[error("the client sent nothing for {0:?} in the middle of a request")]
+    Stalled(std::time::Duration),
+    #[error("the client went away mid-request: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ReadError {
+    /// The answer to a request that could not be read, if the client is still there to get it.
+    fn refusal(self) -> Option<Response> {
+        let status = match &self {
+            Self::Io(_) => return None,
+            Self::TooLarge(limit) => return Some(ProxyError::TooLarge(*limit).into_response()),
+            Self::Wire(WireError::HeadTooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Wire(_) => StatusCode::BAD_REQUEST,
+            Self::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+        };
+        let body = axum::Json(serde_json::json!({ "error": self.to_string() }));
+        Some((status, body).into_response())
+    }
 }
 
 impl Client {
@@ -86,7 +107,7 @@ impl Client {
     async fn next_head(
         &mut self,
         draining: &mut watch::Receiver<bool>,
-    ) -> Result<Option<RequestHead>, WireError> {
+    ) -> Result<Option<RequestHead>, ReadError> {
         loop {
             if let Some(head) = wire::parse_request(&self.buf)? {
                 self.buf.advance(head.len);
@@ -97,28 +118,38 @@ impl Client {
                     return Ok(None);
                 }
                 tokio::select! {
-                    more = self.fill() => more,
+                    more = self.fill() => more.map_err(ReadError::from),
                     // The only change is to `true` (or the sender going away): drain either way.
                     _ = draining.changed() => return Ok(None),
                 }
             } else {
-                self.fill().await
+                // Part of a head: the client owes the rest.
+                self.fill_within_stall().await
             };
-            if !more.unwrap_or(false) {
+            if !more? {
                 return Ok(None);
             }
         }
     }
 
+    /// Reads more bytes in the middle of a request; `false` at the end of the stream.
+    async fn fill_within_stall(&mut self) -> Result<bool, ReadError> {
+        let stall = self.stall;
+        match tokio::time::timeout(stall, self.fill()).await {
+            Ok(read) => Ok(read?),
+            Err(_) => Err(ReadError::Stalled(stall)),
+        }
+    }
+
     /// The whole body of `head`'s request, at most `limit` bytes.
-    async fn body(&mut self, head: &RequestHead, limit: usize) -> Result<Bytes, BodyError> {
+    async fn body(&mut self, head: &RequestHead, limit: usize) -> Result<Bytes, ReadError> {
         let declared = match head.framing {
             Framing::Empty | Framing::UntilClose => return Ok(Bytes::new()),
             Framing::Length(length) => Some(
                 usize::try_from(length)
                     .ok()
                     .filter(|&n| n <= limit)
-                    .ok_or(BodyError::TooLarge(limit))?,
+                    .ok_or(ReadError::TooLarge(limit))?,
             ),
             Framing::Chunked => None,
         };
@@ -137,14 +168,14 @@ impl Client {
         Ok(self.buf.split_to(length).freeze())
     }
 
-    async fn chunked_body(&mut self, limit: usize) -> Result<Bytes, BodyError> {
+    async fn chunked_body(&mut self, limit: usize) -> Result<Bytes, ReadError> {
         let mut chunks = Chunked::default();
         let mut body = Vec::new();
         loop {
             let used = chunks.feed(&self.buf, |data| body.extend_from_slice(data))?;
             self.buf.advance(used);
             if body.len() > limit {
-                return Err(BodyError::TooLarge(limit));
+                return Err(ReadError::TooLarge(limit));
             }
             if chunks.is_done() {
                 return Ok(body.into());
@@ -153,12 +184,12 @@ impl Client {
         }
     }
 
-    /// Reads more bytes; the end of the stream is an error (mid-request).
-    async fn fill_or_eof(&mut self) -> std::io::Result<()> {
-        if self.fill().await? {
+    /// Reads more bytes in the middle of a request; the end of the stream is an error.
+    async fn fill_or_eof(&mut self) -> Result<(), ReadError> {
+        if self.fill_within_stall().await? {
             Ok(())
         } else {
-            Err(std::io::ErrorKind::UnexpectedEof.into())
+            Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
         }
     }
 
@@ -209,19 +240,16 @@ impl Service {
         let mut client = Client {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            stall: self.state.client_timeout,
         };
         let refusal = loop {
             let head = match client.next_head(&mut draining).await {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
-                Err(error) => {
-                    let status = match error {
-                        WireError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        _ => StatusCode::BAD_REQUEST,
-                    };
-                    let body = axum::Json(serde_json::json!({ "error": error.to_string() }));
-                    break ((status, body).into_response(), None);
-                }
+                Err(error) => match error.refusal() {
+                    Some(refusal) => break (refusal, None),
+                    None => return,
+                },
             };
             match self.answer(&mut client, head, &draining).await {
                 Ok(true) => {}
@@ -251,20 +279,16 @@ impl Service {
         let started = Instant::now();
         let body = match client.body(&head, self.state.max_body_bytes).await {
             Ok(body) => body,
-            Err(BodyError::Io(error)) => {
-                tracing::debug!(%error, "client connection ended mid-request");
-                return Ok(false);
-            }
             Err(error) => {
-                // The rest of the body is still on the wire: answer, then close.
-                let problem = match error {
-                    BodyError::TooLarge(limit) => ProxyError::TooLarge(limit),
-                    other => ProxyError::BadRequest(other.to_string()),
+                // The rest of the request may still be on the wire: answer, then close.
+                let Some(refusal) = error.refusal() else {
+                    tracing::debug!("client connection ended mid-request");
+                    return Ok(false);
                 };
                 if proxied {
-                    self.count(problem.status(), started);
+                    self.count(refusal.status(), started);
                 }
-                return Err((problem.into_response(), Some(request_id)));
+                return Err((refusal, Some(request_id)));
             }
         };
         let keep_alive = head.keep_alive && !*draining.borrow();

@@ -61,6 +61,11 @@ pub struct Config {
     /// Largest accepted request body, bytes (bodies are buffered so they can be retried).
     #[arg(long, env = "DISPATCHER_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// A client that sends nothing for this long in the middle of a request (its head or
+    /// body) is answered 408 and disconnected, milliseconds. Idle keep-alive connections
+    /// between requests are not timed out.
+    #[arg(long, env = "DISPATCHER_CLIENT_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_timeout_ms: u64,
     /// On SIGTERM, how long to wait for in-flight requests, seconds.
     #[arg(long, env = "DISPATCHER_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,

@@ -69,6 +69,7 @@ pub async fn serve_on(
         balancer,
         metrics,
         max_body_bytes: config.max_body_bytes,
+        client_timeout: Duration::from_millis(config.client_timeout_ms),
     });
     tracing::info!(address = %listener.local_addr()?, policy = ?config.balance, "dispatcher listening");
 

@@ -533,3 +533,46 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
     assert!(error.contains("no route for GET /nope"), "{error}");
     d.stop().await;
 }
+
+#[tokio::test]
+async fn clients_stalling_mid_request_get_408_and_idle_connections_stay_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a", Duration::ZERO, StatusCode::OK).await;
+    let d = Dispatcher::start(&[&a], &["--client-timeout-ms", "300"]).await;
+    let address = d.url.trim_start_matches("http://").to_string();
+    for partial in [
+        &b"POST /v1/classify HTTP/1.1\r\nContent-Le"[..],
+        b"POST /v1/classify HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        stream.write_all(partial).await.expect("write");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .expect("answered and closed, not left hanging")
+            .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(answer.contains("sent nothing for 300ms"), "{answer}");
+    }
+    // Quiet between requests is not a stall.
+    let mut idle = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    idle.write_all(
+        b"POST /v1/classify HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await
+    .expect("write after idling");
+    let mut answer = String::new();
+    idle.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert_eq!(
+        a.hits.load(Ordering::Relaxed),
+        1,
+        "only the complete request was forwarded"
+    );
+    d.stop().await;
+}
