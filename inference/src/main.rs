@@ -4,6 +4,12 @@ use clap::Parser;
 use inference::config::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+// Every forward pass allocates and frees tens of MiB of feature maps. With glibc's malloc about
+// 3 % of a batch went to page faults and page clearing; mimalloc keeps freed blocks for reuse:
+// about 4 % faster per batch on the CPU engine (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
