@@ -544,15 +544,7 @@ async fn clients_stalling_mid_request_get_408_and_idle_connections_stay_open() {
         &b"POST /v1/classify HTTP/1.1\r\nContent-Le"[..],
         b"POST /v1/classify HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
     ] {
-        let mut stream = tokio::net::TcpStream::connect(&address)
-            .await
-            .expect("connect");
-        stream.write_all(partial).await.expect("write");
-        let mut answer = String::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-            .await
-            .expect("answered and closed, not left hanging")
-            .expect("read");
+        let answer = raw(&d.url, partial).await;
         assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
         assert!(answer.contains("sent nothing for 300ms"), "{answer}");
     }
