@@ -26,7 +26,7 @@ use crate::balancer::Balancer;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::{Forwarded, Outgoing, Proxy};
-use crate::wire::{self, Chunked, Framing, RequestHead, WireError, push_header};
+use crate::wire::{self, Chunked, Framing, RequestHead, WireError, push_header, push_length};
 
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -72,7 +72,7 @@ struct Client {
 enum ReadError {
     #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("request body is larger than the {0}-byte limit")]
+    #[error("{}", ProxyError::TooLarge(*.0))]
     TooLarge(usize),
     #[error("the client sent nothing for {0:?} in the middle of a request")]
     Stalled(std::time::Duration),
@@ -404,11 +404,7 @@ impl Service {
         match head.framing {
             Framing::Length(_) | Framing::Empty => {
                 if let Some(length) = head.declared_length.filter(|_| has_length(status)) {
-                    push_header(
-                        &mut out,
-                        b"content-length",
-                        itoa::Buffer::new().format(length).as_bytes(),
-                    );
+                    push_length(&mut out, length);
                 }
             }
             Framing::Chunked if http11 => push_header(&mut out, b"transfer-encoding", b"chunked"),
@@ -488,11 +484,7 @@ async fn write_local(
     if let Some(id) = request_id {
         push_header(&mut out, b"x-request-id", id.as_bytes());
     }
-    push_header(
-        &mut out,
-        b"content-length",
-        itoa::Buffer::new().format(body.len()).as_bytes(),
-    );
+    push_length(&mut out, body.len() as u64);
     if !keep_alive {
         push_header(&mut out, b"connection", b"close");
     }

@@ -16,7 +16,7 @@ use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
 use crate::connections::Answer;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::wire::push_header;
+use crate::wire::{push_header, push_length};
 
 /// A client request as it goes to any upstream: everything but the `Host` line.
 #[derive(Debug)]
@@ -44,12 +44,7 @@ impl Outgoing {
         out.extend_from_slice(&self.headers);
         let expects_body = matches!(self.method, Method::POST | Method::PUT | Method::PATCH);
         if expects_body || !self.body.is_empty() {
-            let mut length = itoa::Buffer::new();
-            push_header(
-                &mut out,
-                b"content-length",
-                length.format(self.body.len()).as_bytes(),
-            );
+            push_length(&mut out, self.body.len() as u64);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);

@@ -17,7 +17,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the framing
-/// headers, which each hop writes for itself, and `Host`, which the proxy sets per upstream.
+/// headers, which each hop writes for itself, `Host`, which the proxy sets per upstream, and
+/// `Expect`, which the dispatcher answers itself.
 const NOT_FORWARDED: &[&str] = &[
     "connection",
     "keep-alive",
@@ -30,6 +31,7 @@ const NOT_FORWARDED: &[&str] = &[
     "upgrade",
     "content-length",
     "host",
+    "expect",
 ];
 
 /// A message that cannot be read.
@@ -294,7 +296,6 @@ fn copy_headers(headers: &[httparse::Header], out: &mut Vec<u8>) -> Result<Field
             || named
                 .iter()
                 .any(|n| name.as_bytes().eq_ignore_ascii_case(n))
-            || name.eq_ignore_ascii_case("expect")
         {
             continue;
         }
@@ -313,6 +314,15 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `content-length: {length}\r\n`.
+pub fn push_length(out: &mut Vec<u8>, length: u64) {
+    push_header(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(length).as_bytes(),
+    );
 }
 
 /// The comma-separated, trimmed, non-empty tokens of a header value.
