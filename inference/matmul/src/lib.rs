@@ -4,6 +4,8 @@
 //! strides. The inference crate forbids `unsafe`, so its CPU kernels call this one function,
 //! which checks every slice against the shapes before handing pointers to `gemm`.
 
+use rayon::prelude::*;
+
 /// Shapes of `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, all row-major and contiguous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -24,8 +26,14 @@ pub enum Accumulate {
     Yes,
 }
 
-/// Computes `dst (+)= lhs · rhs` on up to `threads` threads of the current rayon pool
-/// (1 = the calling thread only).
+/// Computes `dst (+)= lhs · rhs`, its columns split between up to `threads` tasks of the
+/// current rayon pool (1 = the calling thread only).
+///
+/// Why columns, not `gemm`'s own threading: for the few rows of a late convolution at batch 1
+/// (49 output pixels, megabytes of weights), `gemm` with two threads ran no faster than with one
+/// (~100 GFLOP/s either way, docs/PERFORMANCE.md), while two single-threaded products over half
+/// the columns each ran at that rate each. Each task reads all of `lhs` and its own columns of
+/// `rhs`, and writes its own columns of `dst`.
 ///
 /// # Panics
 /// When a slice is shorter than its shape says: a caller bug, caught before any memory is
@@ -55,37 +63,73 @@ pub fn matmul(
         }
         return;
     }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    let width = column_width(n, threads);
+    let dst = Columns(dst.as_mut_ptr());
+    let run = |first: usize| {
+        let columns = width.min(n - first);
+        // SAFETY: the assert above proves `dst` holds m·n values, `lhs` m·k and `rhs` k·n.
+        // This product reads rows of `lhs` (m × k, row stride k), the k × `columns` block of
+        // `rhs` starting at column `first` (row stride n) and writes the m × `columns` block of
+        // `dst` starting at column `first` (row stride n): `first + columns <= n`, so every
+        // access stays inside the slices. The blocks of `dst` that different tasks write are
+        // disjoint column ranges, `dst` is uniquely borrowed until every task has finished
+        // (`for_each` returns only then), and it cannot alias the shared `lhs`/`rhs` borrows.
+        unsafe {
+            gemm::gemm(
+                m,
+                columns,
+                k,
+                dst.at(first),
+                1,
+                n as isize,
+                accumulate == Accumulate::Yes,
+                lhs.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr().add(first),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     };
-    // SAFETY: the assert above proves `dst` holds m·n values, `lhs` m·k and `rhs` k·n, and the
-    // strides below describe exactly those row-major layouts (row stride = columns, column
-    // stride 1), so `gemm` reads and writes only inside the three slices. `dst` is a unique
-    // borrow and cannot alias the shared `lhs`/`rhs` borrows.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate == Accumulate::Yes,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    if width >= n {
+        run(0);
+    } else {
+        (0..n).into_par_iter().step_by(width).for_each(run);
+    }
+}
+
+/// Columns per task when `n` columns are shared by `threads`: whole AVX-512 vectors (16
+/// floats), and no task under [`MIN_COLUMNS`] wide, where per-task overhead would eat the gain.
+fn column_width(n: usize, threads: usize) -> usize {
+    const VECTOR: usize = 16;
+    let tasks = threads.clamp(1, n.div_ceil(MIN_COLUMNS).max(1));
+    n.div_ceil(tasks).next_multiple_of(VECTOR)
+}
+
+/// Narrowest column block worth its own task.
+const MIN_COLUMNS: usize = 32;
+
+/// `dst`'s base pointer, shared by the tasks that write its disjoint column blocks.
+#[derive(Clone, Copy)]
+struct Columns(*mut f32);
+
+// SAFETY: the pointer is only dereferenced by `gemm` inside `matmul`, each task within its own
+// column block (see the SAFETY comment there), while `matmul` holds the unique borrow of `dst`.
+unsafe impl Send for Columns {}
+// SAFETY: as for `Send`: shared between tasks that write disjoint column blocks only.
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// The address of row 0, column `first`.
+    fn at(self, first: usize) -> *mut f32 {
+        self.0.wrapping_add(first)
     }
 }
 
@@ -115,11 +159,17 @@ mod tests {
 
     #[test]
     fn matches_the_textbook_product_for_odd_shapes_and_threads() {
-        for (m, k, n) in [(1, 1, 1), (7, 13, 5), (49, 300, 33), (130, 64, 17)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 13, 5),
+            (49, 300, 33),
+            (130, 64, 17),
+            (9, 20, 150),
+        ] {
             let shape = Shape { m, k, n };
             let (lhs, rhs) = (values(m * k, 1), values(k * n, 2));
             let expected = naive(&lhs, &rhs, shape);
-            for threads in [1, 2] {
+            for threads in [1, 2, 3] {
                 let mut dst = vec![f32::NAN; m * n];
                 matmul(&mut dst, &lhs, &rhs, shape, Accumulate::No, threads);
                 for (got, want) in dst.iter().zip(&expected) {
@@ -130,6 +180,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn columns_are_shared_in_whole_vectors_and_never_too_thin() {
+        assert_eq!(column_width(2048, 2), 1024);
+        assert_eq!(column_width(150, 3), 64, "50 rounded up to whole vectors");
+        assert_eq!(column_width(150, 1), 160);
+        assert_eq!(column_width(40, 4), 32, "two tasks of at least MIN_COLUMNS");
+        assert_eq!(column_width(17, 2), 32, "one task: too narrow to split");
+        assert_eq!(column_width(64, 0), 64, "0 threads means the caller's only");
     }
 
     #[test]

@@ -309,31 +309,58 @@ impl Conv {
         accumulate: Accumulate,
     ) {
         let k = self.patch_len();
-        let tiles = Tiles::new(data.len() / self.cout, k, rayon::current_num_threads());
-        data.par_chunks_mut(tiles.rows * self.cout)
-            .enumerate()
-            .for_each(|(block, dst)| {
-                let first = block * tiles.rows;
-                let count = dst.len() / self.cout;
-                let shape = Shape {
-                    m: count,
-                    k,
-                    n: self.cout,
-                };
-                if self.is_pointwise() {
-                    let lhs = &x.data[first * k..(first + count) * k];
-                    matmul::matmul(dst, lhs, weight, shape, accumulate, tiles.threads);
-                } else {
-                    // Taken, not borrowed: a product on several threads may run another
-                    // block on this one while it waits, which then gets a fresh buffer.
-                    let mut patches = PATCHES.take();
-                    patches.resize(count * k, 0.0);
-                    self.gather(x, (h, w), first, &mut patches);
-                    matmul::matmul(dst, &patches, weight, shape, accumulate, tiles.threads);
-                    PATCHES.set(patches);
-                }
-                self.finish(dst);
-            });
+        let threads = rayon::current_num_threads();
+        match Tiles::new(data.len() / self.cout, k, threads) {
+            Tiles::Rows(rows) => {
+                data.par_chunks_mut(rows * self.cout)
+                    .enumerate()
+                    .for_each(|(index, dst)| {
+                        self.block(x, (h, w), weight, index * rows, dst, accumulate, 1);
+                    })
+            }
+            Tiles::Shared => self.block(x, (h, w), weight, 0, data, accumulate, threads),
+        }
+    }
+
+    /// One block of output rows from `first` on: patches gathered, times the weights, then
+    /// bias and ReLU, each step shared by `threads` (the product by columns, the others by rows).
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        x: &Map,
+        (h, w): (usize, usize),
+        weight: &[f32],
+        first: usize,
+        dst: &mut [f32],
+        accumulate: Accumulate,
+        threads: usize,
+    ) {
+        let k = self.patch_len();
+        let count = dst.len() / self.cout;
+        let shape = Shape {
+            m: count,
+            k,
+            n: self.cout,
+        };
+        // Rows per task when the gather and the epilogue are shared.
+        let part = count.div_ceil(threads).max(1);
+        if self.is_pointwise() {
+            let lhs = &x.data[first * k..(first + count) * k];
+            matmul::matmul(dst, lhs, weight, shape, accumulate, threads);
+        } else {
+            // Taken, not borrowed: a product on several threads may run another
+            // block on this one while it waits, which then gets a fresh buffer.
+            let mut patches = PATCHES.take();
+            patches.resize(count * k, 0.0);
+            patches
+                .par_chunks_mut(part * k)
+                .enumerate()
+                .for_each(|(i, rows)| self.gather(x, (h, w), first + i * part, rows));
+            matmul::matmul(dst, &patches, weight, shape, accumulate, threads);
+            PATCHES.set(patches);
+        }
+        dst.par_chunks_mut(part * self.cout)
+            .for_each(|rows| self.finish(rows));
     }
 
     /// Values in one patch row: every kernel tap's input channels.
@@ -437,31 +464,26 @@ fn copy_run(
     after.fill(0.0);
 }
 
-/// How a convolution's output rows are cut into blocks for the threads.
-struct Tiles {
-    /// Output rows per block.
-    rows: usize,
-    /// Threads each block's product may use: more than 1 only when there is a single block
-    /// (a small map at batch 1), so both cores still work on it.
-    threads: usize,
+/// How a convolution's output rows are shared by the threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tiles {
+    /// Blocks of this many rows, each thread taking whole blocks (gather, product, epilogue).
+    Rows(usize),
+    /// One block for all the rows, each step of it split between the threads (the product by
+    /// output columns): a map too small to give every thread blocks of its own, as the late
+    /// layers at batch 1 (49 pixels).
+    Shared,
 }
 
 impl Tiles {
     fn new(rows: usize, k: usize, threads: usize) -> Self {
-        let target = (PATCH_BYTES / (k * size_of::<f32>())).clamp(MIN_ROWS, MAX_ROWS);
-        let by_size = rows.div_ceil(target);
-        let blocks = if by_size >= threads {
-            // A multiple of the thread count, so no thread idles through the last round.
-            by_size.next_multiple_of(threads)
-        } else if rows >= threads * MIN_ROWS {
-            threads
-        } else {
-            1
-        };
-        Self {
-            rows: rows.div_ceil(blocks).max(1),
-            threads: if blocks == 1 { threads } else { 1 },
+        if rows < threads * MIN_ROWS {
+            return Self::Shared;
         }
+        let target = (PATCH_BYTES / (k * size_of::<f32>())).clamp(MIN_ROWS, MAX_ROWS);
+        // A multiple of the thread count, so no thread idles through the last round.
+        let blocks = rows.div_ceil(target).next_multiple_of(threads);
+        Self::Rows(rows.div_ceil(blocks))
     }
 }
 
@@ -619,5 +641,22 @@ pub fn softmax(x: &mut Vectors) {
     for row in x.data.chunks_mut(x.f.max(1)) {
         let probabilities = crate::model::softmax(row);
         row.copy_from_slice(&probabilities);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_maps_are_shared_and_larger_ones_split_evenly_by_rows() {
+        // ResNet50's last layers at batch 1: 49 pixels, too few for a block per thread.
+        assert_eq!(Tiles::new(49, 4608, 2), Tiles::Shared);
+        // The same layers at batch 8: patch rows of 18 KiB, so blocks of the fewest rows
+        // allowed, in a number both threads finish together.
+        assert_eq!(Tiles::new(392, 4608, 2), Tiles::Rows(40));
+        // 1×1 on 56×56 at batch 1: 256-row blocks, 13 rounded up to 14.
+        assert_eq!(Tiles::new(3136, 64, 2), Tiles::Rows(224));
+        assert_eq!(Tiles::new(3136, 64, 1), Tiles::Rows(242));
     }
 }
