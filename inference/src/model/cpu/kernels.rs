@@ -6,7 +6,7 @@
 //! that stays in cache, and each block's product gets its bias, residual and ReLU while it is
 //! still there: no layout conversions, no full-size im2col matrix, no extra passes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
@@ -34,7 +34,7 @@ pub struct Vectors {
 impl Map {
     /// Reorders an `[N, C, H, W]` batch (burn's and ONNX's layout) to channels last.
     pub fn from_nchw(data: &[f32], [n, c, h, w]: [usize; 4]) -> Self {
-        let mut out = vec![0.0; data.len()];
+        let mut out = spare(data.len());
         out.par_chunks_mut(h * w * c)
             .zip(data.par_chunks(c * h * w))
             .for_each(|(image, planes)| {
@@ -209,8 +209,48 @@ enum Method {
 }
 
 thread_local! {
-    /// Each thread's gathered patch rows, reused by every convolution it runs.
+    /// Each thread's gathered patch rows, reused by every convolution it runs (grown when
+    /// needed, never shrunk: every block overwrites the rows it uses).
     static PATCHES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Buffers of feature maps no longer needed, for the next outputs (see [`spare`]).
+    static SPARES: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare buffers kept per thread: a ResNet block needs two or three in turn.
+const SPARES_KEPT: usize = 4;
+
+/// A buffer of `len` values for an output that is written in full before it is read: a
+/// spare one when there is one (its values are stale), so that each layer does not zero a
+/// fresh output only for the product to overwrite it (4 % of a batch, docs/PERFORMANCE.md).
+pub fn spare(len: usize) -> Vec<f32> {
+    let reused = SPARES.with_borrow_mut(|spares| {
+        // The smallest that is large enough, else the largest (grown: zeroes only its tail).
+        let fits = |s: &&Vec<f32>| s.capacity() >= len;
+        let best = (spares.iter().enumerate())
+            .filter(|(_, s)| fits(s))
+            .min_by_key(|(_, s)| s.capacity())
+            .or_else(|| spares.iter().enumerate().max_by_key(|(_, s)| s.capacity()))
+            .map(|(at, _)| at)?;
+        Some(spares.swap_remove(best))
+    });
+    let mut data = reused.unwrap_or_default();
+    data.resize(len, 0.0);
+    data
+}
+
+/// Keeps a map's buffer for [`spare`] once the map is no longer needed.
+pub fn recycle(data: Vec<f32>) {
+    SPARES.with_borrow_mut(|spares| {
+        spares.push(data);
+        if spares.len() > SPARES_KEPT {
+            let smallest = (spares.iter().enumerate())
+                .min_by_key(|(_, s)| s.capacity())
+                .map(|(at, _)| at);
+            if let Some(at) = smallest {
+                spares.swap_remove(at);
+            }
+        }
+    });
 }
 
 impl Conv {
@@ -258,7 +298,7 @@ impl Conv {
         let (h, w) = self.window.output(x.h, x.w)?;
         let rows = x.n * h * w;
         let (mut data, accumulate) = match (self.epilogue.residual, residual) {
-            (false, None) => (vec![0.0; rows * self.cout], Accumulate::No),
+            (false, None) => (spare(rows * self.cout), Accumulate::No),
             (true, Some(r)) if (r.n, r.h, r.w, r.c) == (x.n, h, w, self.cout) => {
                 (r.data, Accumulate::Yes)
             }
@@ -350,14 +390,17 @@ impl Conv {
         } else {
             // Taken, not borrowed: a product on several threads may run another
             // block on this one while it waits, which then gets a fresh buffer.
-            let mut patches = PATCHES.take();
-            patches.resize(count * k, 0.0);
+            let mut buffer = PATCHES.take();
+            if buffer.len() < count * k {
+                buffer.resize(count * k, 0.0);
+            }
+            let patches = &mut buffer[..count * k];
             patches
                 .par_chunks_mut(part * k)
                 .enumerate()
                 .for_each(|(i, rows)| self.gather(x, (h, w), first + i * part, rows));
-            matmul::matmul(dst, &patches, weight, shape, accumulate, threads);
-            PATCHES.set(patches);
+            matmul::matmul(dst, patches, weight, shape, accumulate, threads);
+            PATCHES.set(buffer);
         }
         dst.par_chunks_mut(part * self.cout)
             .for_each(|rows| self.finish(rows));
@@ -491,7 +534,7 @@ impl Tiles {
 pub fn pool(x: &Map, window: &Window, kind: PoolKind) -> Result<Map, String> {
     let (h, w) = window.output(x.h, x.w)?;
     let c = x.c;
-    let mut data = vec![0.0; x.n * h * w * c];
+    let mut data = spare(x.n * h * w * c);
     data.par_chunks_mut(w * c)
         .enumerate()
         .for_each(|(line, out)| {
@@ -658,5 +701,30 @@ mod tests {
         // 1×1 on 56×56 at batch 1: 256-row blocks, 13 rounded up to 14.
         assert_eq!(Tiles::new(3136, 64, 2), Tiles::Rows(224));
         assert_eq!(Tiles::new(3136, 64, 1), Tiles::Rows(242));
+    }
+
+    #[test]
+    fn recycled_buffers_are_handed_out_again_with_the_length_asked() {
+        let (small, large) = (vec![1.0; 100], vec![2.0; 1000]);
+        let (small_at, large_at) = (small.as_ptr(), large.as_ptr());
+        recycle(large);
+        recycle(small);
+        let fitting = spare(80);
+        assert_eq!(
+            (fitting.len(), fitting.as_ptr()),
+            (80, small_at),
+            "smallest that fits"
+        );
+        let grown = spare(1500);
+        assert_eq!(grown.len(), 1500, "the largest, grown");
+        assert_eq!(grown[..1000], [2.0; 1000], "values kept, not cleared");
+        assert_eq!(grown[1000..], [0.0; 500]);
+        assert!(grown.as_ptr() == large_at || grown.capacity() >= 1500);
+        assert_eq!(spare(10), vec![0.0; 10], "none left: a fresh buffer");
+        for _ in 0..SPARES_KEPT + 3 {
+            recycle(vec![0.0; 10]);
+        }
+        let kept = SPARES.with_borrow(Vec::len);
+        assert_eq!(kept, SPARES_KEPT, "the pool stays bounded");
     }
 }

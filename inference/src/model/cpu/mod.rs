@@ -164,6 +164,7 @@ impl Kernel {
                 let out = conv
                     .run(&x, residual.map(Arc::unwrap_or_clone))
                     .map_err(|e| self.error(e))?;
+                release(x);
                 Value::Map(Arc::new(out))
             }
             NativeOp::Affine { scale, shift } => {
@@ -187,9 +188,9 @@ impl Kernel {
             NativeOp::Clip { min, max } => first.map_values(|v| v.clamp(*min, *max)),
             NativeOp::Pool(window, kind) => {
                 let x = self.map(first)?;
-                Value::Map(Arc::new(
-                    kernels::pool(&x, window, *kind).map_err(|e| self.error(e))?,
-                ))
+                let out = kernels::pool(&x, window, *kind).map_err(|e| self.error(e))?;
+                release(x);
+                Value::Map(Arc::new(out))
             }
             NativeOp::GlobalAvgPool => {
                 Value::Map(Arc::new(kernels::global_average(&*self.map(first)?)))
@@ -270,6 +271,13 @@ impl Kernel {
             node: self.name.clone(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Hands a map's buffer to the next output once this was its last reader.
+fn release(map: Arc<Map>) {
+    if let Ok(map) = Arc::try_unwrap(map) {
+        kernels::recycle(map.data);
     }
 }
 

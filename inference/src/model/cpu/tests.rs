@@ -38,6 +38,9 @@ fn assert_close(ours: &Map, reference: &Map, what: &str) {
         (reference.n, reference.h, reference.w, reference.c),
         "{what}: shape"
     );
+    // `f32::max` would skip a NaN, so unwritten (stale NaN) outputs are caught here.
+    let unwritten = ours.data.iter().filter(|v| v.is_nan()).count();
+    assert_eq!(unwritten, 0, "{what}: NaN outputs");
     let worst = ours
         .data
         .iter()
@@ -100,11 +103,20 @@ fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &
     };
     let mut conv = Conv::new(&w, case.weight, Some(&b), window, algorithm);
     conv.epilogue = epilogue;
+    stale_spares();
     let residual = epilogue.residual.then_some(shortcut);
     let ours = conv
         .run(&Map::from_nchw(&x, case.input), residual)
         .expect("conv runs");
     assert_close(&ours, &expected, what);
+}
+
+/// Spare buffers full of NaN, which the next maps' buffers (input and output) are taken
+/// from: a kernel that leaves any output value unwritten fails the comparison.
+fn stale_spares() {
+    for _ in 0..2 {
+        kernels::recycle(vec![f32::NAN; 1 << 16]);
+    }
 }
 
 #[test]
@@ -187,6 +199,7 @@ fn pooling_matches_burn() {
             .with_padding_pairs(padding)
             .with_ceil_mode(ceil);
         let expected = nhwc(max_pool2d(tensor(&x, dims), options));
+        stale_spares();
         let ours = kernels::pool(&map, &window, PoolKind::Max).expect("max pool");
         assert_close(&ours, &expected, &format!("max {window:?}"));
         if !ceil {
@@ -197,6 +210,7 @@ fn pooling_matches_burn() {
                     .with_count_include_pad(count_padding);
                 let expected = nhwc(avg_pool2d(tensor(&x, dims), options));
                 let kind = PoolKind::Average { count_padding };
+                stale_spares();
                 let ours = kernels::pool(&map, &window, kind).expect("avg pool");
                 assert_close(&ours, &expected, &format!("avg {count_padding} {window:?}"));
             }

@@ -182,6 +182,7 @@ impl Winograd {
         let height = rows.len() / (w * cout);
         let Scratch { product, sums, .. } = scratch;
         let (sums, y) = sums.split_at_mut(8 * cout);
+        let y = &mut y[..cout];
         for tile in 0..tiles {
             let (ty, tx) = (tile / tiles_across, tile % tiles_across);
             // S = Aᵀ M: 2 × 4 channel vectors.
@@ -249,7 +250,8 @@ fn store(pixel: &mut [f32], y: &[f32], finish: Finish<'_>) {
 }
 
 /// One block's transformed tiles, products and output sums: per thread, reused by every
-/// block it runs (sized up when needed, never cleared: each step overwrites what it reads).
+/// block it runs (grown when needed, never shrunk nor cleared: each step overwrites what it
+/// reads, so a layer after a smaller one pays no zeroing).
 #[derive(Default)]
 struct Scratch {
     tiles: usize,
@@ -264,9 +266,16 @@ struct Scratch {
 impl Scratch {
     fn prepare(&mut self, tiles: usize, cin: usize, cout: usize) {
         self.tiles = tiles;
-        self.input.resize(POSITIONS * tiles * cin, 0.0);
-        self.product.resize(POSITIONS * tiles * cout, 0.0);
-        self.sums.resize(9 * cout, 0.0);
+        grow(&mut self.input, POSITIONS * tiles * cin);
+        grow(&mut self.product, POSITIONS * tiles * cout);
+        grow(&mut self.sums, 9 * cout);
+    }
+}
+
+/// Makes `buffer` hold at least `len` values.
+fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
     }
 }
 
