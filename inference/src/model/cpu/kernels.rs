@@ -126,6 +126,27 @@ impl Window {
         Ok(out)
     }
 
+    /// For output position `out` along `axis` of an undilated window, the taps that fall
+    /// inside the input (of `size`): computed, not searched, as the gather does this for every
+    /// kernel row of every output pixel.
+    fn inside(&self, axis: usize, out: usize, size: usize) -> Run {
+        let kernel = self.kernel[axis] as isize;
+        let start = (out * self.stride[axis]) as isize - self.padding[axis].0 as isize;
+        let first_tap = (-start).clamp(0, kernel);
+        let end_tap = (size as isize - start).clamp(first_tap, kernel);
+        let count = (end_tap - first_tap) as usize;
+        Run {
+            first_tap: first_tap as usize,
+            // A window wholly in the padding copies nothing, from anywhere.
+            first_input: if count == 0 {
+                0
+            } else {
+                (start + first_tap) as usize
+            },
+            count,
+        }
+    }
+
     /// For output position `out` along `axis`, the input coordinate under each kernel tap, or
     /// `None` where the tap falls on padding.
     fn taps(&self, axis: usize, out: usize, size: usize) -> impl Iterator<Item = Option<usize>> {
@@ -136,6 +157,15 @@ impl Window {
             (0..size as isize).contains(&at).then_some(at as usize)
         })
     }
+}
+
+/// The taps of an undilated window row that fall inside the input: `count` of them from tap
+/// `first_tap`, over input positions from `first_input` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    first_tap: usize,
+    first_input: usize,
+    count: usize,
 }
 
 /// What runs on a convolution's output block while it is still in cache.
@@ -434,10 +464,10 @@ impl Conv {
                     continue;
                 };
                 let line = &x.data[(base + iy) * x.w * cin..(base + iy + 1) * x.w * cin];
-                let columns = self.window.taps(1, ox, x.w);
                 if contiguous {
-                    copy_run(taps, line, columns, cin);
+                    copy_run(taps, line, self.window.inside(1, ox, x.w), cin);
                 } else {
+                    let columns = self.window.taps(1, ox, x.w);
                     for (tap, ix) in taps.chunks_mut(cin).zip(columns) {
                         match ix {
                             Some(ix) => tap.copy_from_slice(&line[ix * cin..(ix + 1) * cin]),
@@ -480,30 +510,13 @@ fn pack_for_patches(weight: &[f32], [cout, cin, kh, kw]: [usize; 4]) -> Vec<f32>
 }
 
 /// Copies the taps of one kernel row when they are adjacent input pixels (no dilation): the
-/// taps inside the input are one contiguous run of the input line, padding on either side.
-fn copy_run(
-    taps: &mut [f32],
-    line: &[f32],
-    columns: impl Iterator<Item = Option<usize>>,
-    cin: usize,
-) {
-    // (first tap inside, its input column, taps inside)
-    let mut run = None::<(usize, usize, usize)>;
-    for (tap, ix) in columns.enumerate() {
-        match (&mut run, ix) {
-            (None, Some(ix)) => run = Some((tap, ix, 1)),
-            (Some((_, _, count)), Some(_)) => *count += 1,
-            _ => {}
-        }
-    }
-    let Some((tap, ix, count)) = run else {
-        taps.fill(0.0);
-        return;
-    };
-    let (before, rest) = taps.split_at_mut(tap * cin);
-    let (inside, after) = rest.split_at_mut(count * cin);
+/// taps inside the input (`run`) are one contiguous run of the input line, padding on either
+/// side.
+fn copy_run(taps: &mut [f32], line: &[f32], run: Run, cin: usize) {
+    let (before, rest) = taps.split_at_mut(run.first_tap * cin);
+    let (inside, after) = rest.split_at_mut(run.count * cin);
     before.fill(0.0);
-    inside.copy_from_slice(&line[ix * cin..(ix + count) * cin]);
+    inside.copy_from_slice(&line[run.first_input * cin..][..run.count * cin]);
     after.fill(0.0);
 }
 
@@ -701,6 +714,40 @@ mod tests {
         // 1×1 on 56×56 at batch 1: 256-row blocks, 13 rounded up to 14.
         assert_eq!(Tiles::new(3136, 64, 2), Tiles::Rows(224));
         assert_eq!(Tiles::new(3136, 64, 1), Tiles::Rows(242));
+    }
+
+    #[test]
+    fn computed_runs_agree_with_the_taps_one_by_one() {
+        for (kernel, stride, padding) in [
+            (7, 2, (3, 3)),
+            (3, 1, (1, 1)),
+            (3, 2, (0, 1)),
+            (2, 1, (2, 0)),
+        ] {
+            let window = Window {
+                kernel: [kernel; 2],
+                stride: [stride; 2],
+                padding: [padding; 2],
+                dilation: [1, 1],
+                ceil: false,
+            };
+            for size in 1..12 {
+                let Ok((_, outputs)) = window.output(size, size) else {
+                    continue;
+                };
+                for out in 0..outputs + 3 {
+                    let taps: Vec<Option<usize>> = window.taps(1, out, size).collect();
+                    let inside: Vec<(usize, usize)> = (taps.iter().enumerate())
+                        .filter_map(|(tap, ix)| ix.map(|ix| (tap, ix)))
+                        .collect();
+                    let run = window.inside(1, out, size);
+                    assert_eq!(run.count, inside.len(), "{window:?} size {size} out {out}");
+                    if let Some(&(tap, ix)) = inside.first() {
+                        assert_eq!((run.first_tap, run.first_input), (tap, ix));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
