@@ -111,8 +111,9 @@ impl Winograd {
             });
     }
 
-    /// `V = Bᵀ d B` for each tile of the block, stored `[16][tile][cin]`. Every element of
-    /// `V` is a signed sum of four input pixels, done a whole channel vector at a time.
+    /// `V = Bᵀ d B` for each tile of the block, stored `[16][tile][cin]`, a whole channel
+    /// vector at a time: `Bᵀ d` (16 differences or sums of two pixels), then that times `B`
+    /// (16 more), each element of `V` a signed sum of four pixels.
     fn transform_input(
         &self,
         x: &Map,
@@ -122,31 +123,41 @@ impl Winograd {
         scratch: &mut Scratch,
     ) {
         let cin = self.cin;
-        let tiles = scratch.tiles;
+        let Scratch {
+            tiles,
+            input,
+            half,
+            zeros,
+            ..
+        } = scratch;
+        let (tiles, zeros) = (*tiles, &zeros[..cin]);
         for tile in 0..tiles {
             let (ty, tx) = (tile / tiles_across, tile % tiles_across);
-            let pixel = |i: usize, k: usize| -> Option<&[f32]> {
-                let iy = (first_row + 2 * ty + i).checked_sub(self.top)?;
-                let ix = (2 * tx + k).checked_sub(self.left)?;
-                (iy < x.h && ix < x.w).then(|| {
-                    let at = ((image * x.h + iy) * x.w + ix) * cin;
-                    &x.data[at..at + cin]
-                })
-            };
-            let d: [[Option<&[f32]>; 4]; 4] =
-                std::array::from_fn(|i| std::array::from_fn(|k| pixel(i, k)));
-            for (a, rows) in B_T.iter().enumerate() {
-                for (j, columns) in B_T.iter().enumerate() {
-                    let out = &mut scratch.input[((a * 4 + j) * tiles + tile) * cin..][..cin];
-                    out.fill(0.0);
-                    for &(i, row_sign) in rows {
-                        for &(k, column_sign) in columns {
-                            if let Some(values) = d[i][k] {
-                                axpy(out, row_sign * column_sign, values);
-                            }
-                        }
+            let pixel = |i: usize, k: usize| -> &[f32] {
+                let iy = (first_row + 2 * ty + i).checked_sub(self.top);
+                let ix = (2 * tx + k).checked_sub(self.left);
+                match iy.zip(ix) {
+                    Some((iy, ix)) if iy < x.h && ix < x.w => {
+                        &x.data[((image * x.h + iy) * x.w + ix) * cin..][..cin]
                     }
+                    _ => zeros, // padding, or a tile overhanging the map
                 }
+            };
+            // Bᵀ d, stored by columns: half[k][a] = (Bᵀ d)[a][k].
+            for (k, column) in half.chunks_mut(4 * cin).take(4).enumerate() {
+                let rows = [pixel(0, k), pixel(1, k), pixel(2, k), pixel(3, k)];
+                b_t(vectors(column, cin), rows);
+            }
+            // (Bᵀ d) B: row a of V is Bᵀ applied to row a of Bᵀ d.
+            let half = &*half;
+            for a in 0..4 {
+                let row = std::array::from_fn(|k| &half[(k * 4 + a) * cin..][..cin]);
+                let mut positions = input.chunks_mut(tiles * cin).skip(4 * a);
+                let out = std::array::from_fn(|_| {
+                    let position = positions.next().expect("16 positions");
+                    &mut position[tile * cin..(tile + 1) * cin]
+                });
+                b_t(out, row);
             }
         }
     }
@@ -167,8 +178,9 @@ impl Winograd {
         }
     }
 
-    /// `Y = Aᵀ M A` for each tile, a channel vector at a time, written to the block's output
-    /// rows with the bias, shortcut and ReLU.
+    /// `Y = Aᵀ M A` for each tile, a whole channel vector at a time (`Aᵀ M` as 8 sums of
+    /// three products, then each output pixel as a sum of three of those), written to the
+    /// block's output rows with the bias, shortcut and ReLU.
     fn transform_output(
         &self,
         scratch: &mut Scratch,
@@ -180,36 +192,31 @@ impl Winograd {
         let cout = self.cout;
         let tiles = scratch.tiles;
         let height = rows.len() / (w * cout);
-        let Scratch { product, sums, .. } = scratch;
-        let (sums, y) = sums.split_at_mut(8 * cout);
-        let y = &mut y[..cout];
+        let Scratch { product, half, .. } = scratch;
         for tile in 0..tiles {
             let (ty, tx) = (tile / tiles_across, tile % tiles_across);
-            // S = Aᵀ M: 2 × 4 channel vectors.
-            for (i, rows_a) in A_T.iter().enumerate() {
-                for j in 0..4 {
-                    let out = &mut sums[(i * 4 + j) * cout..][..cout];
-                    out.fill(0.0);
-                    for &(a, sign) in rows_a {
-                        axpy(
-                            out,
-                            sign,
-                            &product[((a * 4 + j) * tiles + tile) * cout..][..cout],
-                        );
-                    }
-                }
+            let m = |a: usize, j: usize| &product[((a * 4 + j) * tiles + tile) * cout..][..cout];
+            // Aᵀ M, stored by columns: half[j][i] = (Aᵀ M)[i][j].
+            for (j, column) in half.chunks_mut(2 * cout).take(4).enumerate() {
+                let [first, second] = vectors(column, cout);
+                combine3(first, [m(0, j), m(1, j), m(2, j)], 1.0);
+                combine3(second, [m(1, j), m(2, j), m(3, j)], -1.0);
             }
-            // Y = S A, one output pixel at a time.
+            let s = |j: usize, i: usize| &half[(j * 2 + i) * cout..][..cout];
             for i in 0..2 {
-                for (jj, columns) in A_T.iter().enumerate() {
-                    let (oy, ox) = (2 * ty + i, 2 * tx + jj);
+                for j in 0..2 {
+                    let (oy, ox) = (2 * ty + i, 2 * tx + j);
                     if oy >= height || ox >= w {
                         continue; // the tile overhangs the map's last row or column
                     }
-                    y.fill(0.0);
-                    for &(j, sign) in columns {
-                        axpy(y, sign, &sums[(i * 4 + j) * cout..][..cout]);
-                    }
+                    // Row j of Aᵀ: (1, 1, 1, 0) or (0, 1, -1, -1).
+                    let (terms, sign) = if j == 0 {
+                        ([s(0, i), s(1, i), s(2, i)], 1.0)
+                    } else {
+                        ([s(1, i), s(2, i), s(3, i)], -1.0)
+                    };
+                    let y = terms[0].iter().zip(terms[1]).zip(terms[2]);
+                    let y = y.map(|((a, b), c)| a + sign * (b + c));
                     store(&mut rows[(oy * w + ox) * cout..][..cout], y, finish);
                 }
             }
@@ -217,29 +224,36 @@ impl Winograd {
     }
 }
 
-/// Non-zero entries (column, sign) of each row of `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
-const B_T: [[(usize, f32); 2]; 4] = [
-    [(0, 1.0), (2, -1.0)],
-    [(1, 1.0), (2, 1.0)],
-    [(1, -1.0), (2, 1.0)],
-    [(1, 1.0), (3, -1.0)],
-];
+/// The first `N` vectors of `len` values in `buffer`, as separate mutable slices.
+fn vectors<const N: usize>(buffer: &mut [f32], len: usize) -> [&mut [f32]; N] {
+    let mut chunks = buffer.chunks_mut(len);
+    std::array::from_fn(|_| chunks.next().expect("buffer holds N vectors"))
+}
 
-/// Non-zero entries (column, sign) of each row of `Aᵀ = [1 1 1 0; 0 1 -1 -1]`.
-const A_T: [[(usize, f32); 3]; 2] = [
-    [(0, 1.0), (1, 1.0), (2, 1.0)],
-    [(1, 1.0), (2, -1.0), (3, -1.0)],
-];
+/// `out = Bᵀ r` for four vectors `r`, with `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+fn b_t([o0, o1, o2, o3]: [&mut [f32]; 4], r: [&[f32]; 4]) {
+    combine2(o0, r[0], r[2], |a, b| a - b);
+    combine2(o1, r[1], r[2], |a, b| a + b);
+    combine2(o2, r[2], r[1], |a, b| a - b);
+    combine2(o3, r[1], r[3], |a, b| a - b);
+}
 
-/// `out += a · x`, element-wise.
-fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += a * v;
+/// `out = f(a, b)`, element-wise.
+fn combine2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(*a, *b);
+    }
+}
+
+/// `out = a + sign · (b + c)`, element-wise: a row of `Aᵀ = [1 1 1 0; 0 1 -1 -1]`.
+fn combine3(out: &mut [f32], [a, b, c]: [&[f32]; 3], sign: f32) {
+    for (((o, a), b), c) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = a + sign * (b + c);
     }
 }
 
 /// One output pixel: `y + bias (+ shortcut already there)`, then ReLU.
-fn store(pixel: &mut [f32], y: &[f32], finish: Finish<'_>) {
+fn store(pixel: &mut [f32], y: impl Iterator<Item = f32>, finish: Finish<'_>) {
     let values = pixel.iter_mut().zip(y).zip(finish.bias);
     match (finish.accumulate, finish.relu) {
         (Accumulate::No, false) => values.for_each(|((o, y), b)| *o = y + b),
@@ -259,8 +273,10 @@ struct Scratch {
     input: Vec<f32>,
     /// `[16][tiles][cout]`.
     product: Vec<f32>,
-    /// `Aᵀ M` (8 channel vectors) and one output pixel.
-    sums: Vec<f32>,
+    /// Half a transform of one tile: `Bᵀ d` (16 `cin` vectors) or `Aᵀ M` (8 `cout` ones).
+    half: Vec<f32>,
+    /// `cin` zeros: the pixels of the padding.
+    zeros: Vec<f32>,
 }
 
 impl Scratch {
@@ -268,7 +284,8 @@ impl Scratch {
         self.tiles = tiles;
         grow(&mut self.input, POSITIONS * tiles * cin);
         grow(&mut self.product, POSITIONS * tiles * cout);
-        grow(&mut self.sums, 9 * cout);
+        grow(&mut self.half, POSITIONS * cin.max(cout));
+        grow(&mut self.zeros, cin);
     }
 }
 
