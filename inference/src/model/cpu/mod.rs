@@ -146,10 +146,10 @@ impl Plan {
 }
 
 /// Larger batches run through the graph in slices of this many images. Feature maps grow with
-/// the batch: ResNet50's first maps are 3.2 MB per image, and glibc hands out every block over
-/// 32 MiB freshly mapped from the OS, paying a page fault per 4 KiB on first touch, at every
-/// layer of every batch; the maps also fall out of cache. At 8 images the throughput is as good
-/// as at any size (docs/PERFORMANCE.md), and both cores still share each layer's blocks.
+/// the batch (ResNet50's first maps are 3.2 MB per image) and fall out of cache; fresh blocks
+/// over 32 MiB also cost a page fault per 4 KiB with glibc's allocator. At 8 images the
+/// throughput is as good as at any size, also with spare buffers and mimalloc (slices of 4 to
+/// 32 compared, docs/PERFORMANCE.md), and both cores still share each layer's blocks.
 const SLICE_IMAGES: usize = 8;
 
 impl Kernel {

@@ -140,7 +140,7 @@ fn convolutions_match_burn() {
         ("wino valid", [2, 6, 13, 13], [5, 6, 3, 3], [1, 1], [(0, 0), (0, 0)], [1, 1]),
         ("wino asym", [1, 6, 10, 9], [7, 6, 3, 3], [1, 1], [(0, 1), (1, 0)], [1, 1]),
         ("wino blocks", [1, 256, 15, 15], [256, 256, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
-        // Small late-layer maps at batch 1 (one block, product on both threads).
+        // Small late-layer maps at batch 1 (one block shared by the threads, its product by columns).
         ("late", [1, 64, 7, 7], [96, 64, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
     ];
     for (name, input, weight, stride, padding, dilation) in cases {
