@@ -251,7 +251,7 @@ const SPARES_KEPT: usize = 4;
 
 /// A buffer of `len` values for an output that is written in full before it is read: a
 /// spare one when there is one (its values are stale), so that each layer does not zero a
-/// fresh output only for the product to overwrite it (4 % of a batch, docs/PERFORMANCE.md).
+/// fresh output only for the product to overwrite it (6–16 % of a batch, docs/PERFORMANCE.md).
 pub fn spare(len: usize) -> Vec<f32> {
     let reused = SPARES.with_borrow_mut(|spares| {
         // The smallest that is large enough, else the largest (grown: zeroes only its tail).
@@ -380,60 +380,46 @@ impl Conv {
     ) {
         let k = self.patch_len();
         let threads = rayon::current_num_threads();
-        match Tiles::new(data.len() / self.cout, k, threads) {
-            Tiles::Rows(rows) => {
-                data.par_chunks_mut(rows * self.cout)
+        // One block of output rows from `first` on: patches gathered, times the weights, then
+        // bias and ReLU, each step shared by `threads` (the product by columns, the others by
+        // rows).
+        let block = |first: usize, dst: &mut [f32], threads: usize| {
+            let count = dst.len() / self.cout;
+            let shape = Shape {
+                m: count,
+                k,
+                n: self.cout,
+            };
+            // Rows per task when the gather and the epilogue are shared.
+            let part = count.div_ceil(threads).max(1);
+            if self.is_pointwise() {
+                let lhs = &x.data[first * k..(first + count) * k];
+                matmul::matmul(dst, lhs, weight, shape, accumulate, threads);
+            } else {
+                // Taken, not borrowed: a product on several threads may run another
+                // block on this one while it waits, which then gets a fresh buffer.
+                let mut buffer = PATCHES.take();
+                if buffer.len() < count * k {
+                    buffer.resize(count * k, 0.0);
+                }
+                let patches = &mut buffer[..count * k];
+                patches
+                    .par_chunks_mut(part * k)
                     .enumerate()
-                    .for_each(|(index, dst)| {
-                        self.block(x, (h, w), weight, index * rows, dst, accumulate, 1);
-                    })
+                    .for_each(|(i, rows)| self.gather(x, (h, w), first + i * part, rows));
+                matmul::matmul(dst, patches, weight, shape, accumulate, threads);
+                PATCHES.set(buffer);
             }
-            Tiles::Shared => self.block(x, (h, w), weight, 0, data, accumulate, threads),
-        }
-    }
-
-    /// One block of output rows from `first` on: patches gathered, times the weights, then
-    /// bias and ReLU, each step shared by `threads` (the product by columns, the others by rows).
-    #[allow(clippy::too_many_arguments)]
-    fn block(
-        &self,
-        x: &Map,
-        (h, w): (usize, usize),
-        weight: &[f32],
-        first: usize,
-        dst: &mut [f32],
-        accumulate: Accumulate,
-        threads: usize,
-    ) {
-        let k = self.patch_len();
-        let count = dst.len() / self.cout;
-        let shape = Shape {
-            m: count,
-            k,
-            n: self.cout,
+            dst.par_chunks_mut(part * self.cout)
+                .for_each(|rows| self.finish(rows));
         };
-        // Rows per task when the gather and the epilogue are shared.
-        let part = count.div_ceil(threads).max(1);
-        if self.is_pointwise() {
-            let lhs = &x.data[first * k..(first + count) * k];
-            matmul::matmul(dst, lhs, weight, shape, accumulate, threads);
-        } else {
-            // Taken, not borrowed: a product on several threads may run another
-            // block on this one while it waits, which then gets a fresh buffer.
-            let mut buffer = PATCHES.take();
-            if buffer.len() < count * k {
-                buffer.resize(count * k, 0.0);
-            }
-            let patches = &mut buffer[..count * k];
-            patches
-                .par_chunks_mut(part * k)
+        match Tiles::new(data.len() / self.cout, k, threads) {
+            Tiles::Rows(rows) => data
+                .par_chunks_mut(rows * self.cout)
                 .enumerate()
-                .for_each(|(i, rows)| self.gather(x, (h, w), first + i * part, rows));
-            matmul::matmul(dst, patches, weight, shape, accumulate, threads);
-            PATCHES.set(buffer);
+                .for_each(|(index, dst)| block(index * rows, dst, 1)),
+            Tiles::Shared => block(0, data, threads),
         }
-        dst.par_chunks_mut(part * self.cout)
-            .for_each(|rows| self.finish(rows));
     }
 
     /// Values in one patch row: every kernel tap's input channels.
