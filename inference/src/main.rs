@@ -10,8 +10,26 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Decoding and resizing run on tokio's blocking threads, which are CPU-bound: more of them
+    // than cores adds no throughput, and each one that ever ran keeps its allocator heap (at 32
+    // concurrent requests, 512 allowed by default, the server grew to 650 MiB; see
+    // docs/PERFORMANCE.md). Requests beyond the cap wait for a thread, as they would for a core.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(2 * cores)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,onnx_ir=warn"));
