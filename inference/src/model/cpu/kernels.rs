@@ -126,12 +126,18 @@ impl Window {
         Ok(out)
     }
 
+    /// The input coordinate under the first tap for output position `out` along `axis`
+    /// (negative inside the leading padding).
+    fn start(&self, axis: usize, out: usize) -> isize {
+        (out * self.stride[axis]) as isize - self.padding[axis].0 as isize
+    }
+
     /// For output position `out` along `axis` of an undilated window, the taps that fall
     /// inside the input (of `size`): computed, not searched, as the gather does this for every
     /// kernel row of every output pixel.
     fn inside(&self, axis: usize, out: usize, size: usize) -> Run {
         let kernel = self.kernel[axis] as isize;
-        let start = (out * self.stride[axis]) as isize - self.padding[axis].0 as isize;
+        let start = self.start(axis, out);
         let first_tap = (-start).clamp(0, kernel);
         let end_tap = (size as isize - start).clamp(first_tap, kernel);
         let count = (end_tap - first_tap) as usize;
@@ -150,7 +156,7 @@ impl Window {
     /// For output position `out` along `axis`, the input coordinate under each kernel tap, or
     /// `None` where the tap falls on padding.
     fn taps(&self, axis: usize, out: usize, size: usize) -> impl Iterator<Item = Option<usize>> {
-        let start = (out * self.stride[axis]) as isize - self.padding[axis].0 as isize;
+        let start = self.start(axis, out);
         let dilation = self.dilation[axis] as isize;
         (0..self.kernel[axis] as isize).map(move |tap| {
             let at = start + tap * dilation;
@@ -283,6 +289,14 @@ pub fn recycle(data: Vec<f32>) {
     });
 }
 
+/// Makes a scratch `buffer` hold at least `len` values; never shrinks it, so a layer after a
+/// smaller one pays no zeroing (every user overwrites the part it reads).
+pub fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+}
+
 impl Conv {
     /// Takes weights in ONNX/burn layout `[cout, cin, kh, kw]`. `algorithm` Winograd applies
     /// only to 3×3 stride-1 undilated windows; any other window is computed by patches.
@@ -399,9 +413,7 @@ impl Conv {
                 // Taken, not borrowed: a product on several threads may run another
                 // block on this one while it waits, which then gets a fresh buffer.
                 let mut buffer = PATCHES.take();
-                if buffer.len() < count * k {
-                    buffer.resize(count * k, 0.0);
-                }
+                grow(&mut buffer, count * k);
                 let patches = &mut buffer[..count * k];
                 patches
                     .par_chunks_mut(part * k)

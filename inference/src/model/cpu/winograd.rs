@@ -13,7 +13,7 @@ use std::cell::Cell;
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
 
-use super::kernels::Map;
+use super::kernels::{Map, grow};
 
 /// Tile positions (4 × 4), each with its own matrix product.
 const POSITIONS: usize = 16;
@@ -198,10 +198,14 @@ impl Winograd {
             let m = |a: usize, j: usize| &product[((a * 4 + j) * tiles + tile) * cout..][..cout];
             // Aᵀ M, stored by columns: half[j][i] = (Aᵀ M)[i][j].
             for (j, column) in half.chunks_mut(2 * cout).take(4).enumerate() {
-                let [first, second] = vectors(column, cout);
-                combine3(first, [m(0, j), m(1, j), m(2, j)], 1.0);
-                combine3(second, [m(1, j), m(2, j), m(3, j)], -1.0);
+                let column_of_m = [m(0, j), m(1, j), m(2, j), m(3, j)];
+                for (i, out) in column.chunks_mut(cout).take(2).enumerate() {
+                    out.iter_mut()
+                        .zip(a_t(i, column_of_m))
+                        .for_each(|(o, v)| *o = v);
+                }
             }
+            // (Aᵀ M) A: output (i, j) is row j of Aᵀ applied to row i of Aᵀ M.
             let s = |j: usize, i: usize| &half[(j * 2 + i) * cout..][..cout];
             for i in 0..2 {
                 for j in 0..2 {
@@ -209,14 +213,7 @@ impl Winograd {
                     if oy >= height || ox >= w {
                         continue; // the tile overhangs the map's last row or column
                     }
-                    // Row j of Aᵀ: (1, 1, 1, 0) or (0, 1, -1, -1).
-                    let (terms, sign) = if j == 0 {
-                        ([s(0, i), s(1, i), s(2, i)], 1.0)
-                    } else {
-                        ([s(1, i), s(2, i), s(3, i)], -1.0)
-                    };
-                    let y = terms[0].iter().zip(terms[1]).zip(terms[2]);
-                    let y = y.map(|((a, b), c)| a + sign * (b + c));
+                    let y = a_t(j, [s(0, i), s(1, i), s(2, i), s(3, i)]);
                     store(&mut rows[(oy * w + ox) * cout..][..cout], y, finish);
                 }
             }
@@ -245,11 +242,15 @@ fn combine2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) 
     }
 }
 
-/// `out = a + sign · (b + c)`, element-wise: a row of `Aᵀ = [1 1 1 0; 0 1 -1 -1]`.
-fn combine3(out: &mut [f32], [a, b, c]: [&[f32]; 3], sign: f32) {
-    for (((o, a), b), c) in out.iter_mut().zip(a).zip(b).zip(c) {
-        *o = a + sign * (b + c);
-    }
+/// Row `row` of `Aᵀ = [1 1 1 0; 0 1 -1 -1]` applied to four vectors, element by element:
+/// `r0 + (r1 + r2)` or `r1 - (r2 + r3)`.
+fn a_t<'a>(row: usize, r: [&'a [f32]; 4]) -> impl Iterator<Item = f32> + 'a {
+    let (first, rest, sign) = if row == 0 {
+        (r[0], [r[1], r[2]], 1.0)
+    } else {
+        (r[1], [r[2], r[3]], -1.0)
+    };
+    (first.iter().zip(rest[0]).zip(rest[1])).map(move |((a, b), c)| a + sign * (b + c))
 }
 
 /// One output pixel: `y + bias (+ shortcut already there)`, then ReLU.
@@ -286,13 +287,6 @@ impl Scratch {
         grow(&mut self.product, POSITIONS * tiles * cout);
         grow(&mut self.half, POSITIONS * cin.max(cout));
         grow(&mut self.zeros, cin);
-    }
-}
-
-/// Makes `buffer` hold at least `len` values.
-fn grow(buffer: &mut Vec<f32>, len: usize) {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
     }
 }
 
