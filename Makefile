@@ -16,6 +16,11 @@ DOCKER_BUILD_FLAGS ?=
 MINIKUBE_CPUS ?= 4
 MINIKUBE_MEMORY ?= 8g
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Caches that outlive a clone: Go's module and build caches, the Kubernetes schemas.
+CACHE ?= $(shell [ -w /var/cache ] && echo /var/cache/imageclassifier || echo $$HOME/.cache/imageclassifier)
+export GOMODCACHE ?= $(CACHE)/go-mod
+export GOCACHE ?= $(CACHE)/go-build
+export K8S_SCHEMAS ?= $(CACHE)/k8s-schemas
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
 
 # $(call need,TOOL,where to get it): stop with a clear message when a prerequisite is missing.
@@ -32,7 +37,7 @@ help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## install what the tests need (Python reference packages, Prometheus, shellcheck; checks kubectl)
+deps: schemas ## install what the tests need (Python reference packages, Prometheus, shellcheck, Kubernetes schemas; checks kubectl)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r inference/scripts/requirements.txt
 	@command -v prometheus >/dev/null || { \
 	  echo "installing prometheus (Debian package) for the adapter's tests"; \
@@ -44,6 +49,11 @@ deps: ## install what the tests need (Python reference packages, Prometheus, she
 	    || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends shellcheck; }; }
 	@command -v kubectl >/dev/null || { \
 	  echo "kubectl is needed by the adapter's tests: https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }
+
+.PHONY: schemas
+schemas: ## the OpenAPI schemas of the Kubernetes releases the manifests support (e2e/kubernetes-versions), from the Go module proxy
+	$(call need,go,https://go.dev/doc/install)
+	e2e/k8s-schemas.sh
 
 .PHONY: build
 build: ## release build of every binary
@@ -69,7 +79,7 @@ check-features: ## the wgpu and cuda backends compile
 .PHONY: test
 test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests, the local stack
 	cargo test --workspace --all-targets
-	shellcheck e2e/*.sh
+	shellcheck e2e/*.sh e2e/cluster/*.sh
 	$(MAKE) local-test
 
 E2E_MODELS := $(CARGO_TARGET_DIR)/e2e-models
@@ -105,12 +115,12 @@ else
 	  mv $(MODELS)/resnet50.onnx.part $(MODELS)/resnet50.onnx; \
 	fi
 endif
-	cargo build --release -p inference
+	cargo build --release --workspace --bins
 	$(RELEASE_BIN)/inference import $(MODELS)/resnet50.onnx --name resnet50 --labels imagenet
 
 .PHONY: serve
 serve: ## run the inference server on :8080 with the model from `make model`
-	cargo build --release -p inference
+	cargo build --release --workspace --bins
 	$(RELEASE_BIN)/inference serve --listen 0.0.0.0:8080 --model $(MODELS)
 
 .PHONY: cluster
@@ -129,7 +139,7 @@ images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST poi
 images-from-host: ## the same runtime images from binaries built here (cargo build --release), without compiling in a container
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset})" >&2; exit 1; }
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first" >&2; exit 1; }
-	cargo build --release -p inference -p dispatcher -p adapter -p loadgen --bins
+	cargo build --release --workspace --bins
 	tmp=$$(mktemp -d) && cp $(addprefix $(RELEASE_BIN)/,$(IMAGES)) $$tmp/ \
 	  && printf 'FROM debian:bookworm-slim\nCOPY . /out/\n' > $$tmp/Dockerfile \
 	  && DOCKER_BUILDKIT=1 $(DOCKER) build -q -t imageclassifier/host-binaries:dev $$tmp; status=$$?; rm -rf $$tmp; exit $$status
@@ -151,8 +161,20 @@ undeploy: ## remove everything manifests/ created
 	kubectl delete -k manifests/ --ignore-not-found
 
 .PHONY: e2e
-e2e: ## the main job: minikube, images, deploy, load, the HPA scales up and back down (e2e/minikube-e2e.sh)
-	e2e/minikube-e2e.sh
+e2e: ## the main job: minikube (E2E_CLUSTER=local: the local cluster), images, deploy, load, the HPA scales up and back down (e2e/e2e.sh)
+	e2e/e2e.sh
+
+.PHONY: e2e-local
+e2e-local: ## the e2e on the local cluster, then the cluster taken down again (part of make test)
+	E2E_CLUSTER=local e2e/e2e.sh; status=$$?; e2e/local-cluster.sh down; exit $$status
+
+.PHONY: local-cluster
+local-cluster: ## a real single-node Kubernetes here, built from upstream sources (root; e2e/local-cluster.sh)
+	e2e/local-cluster.sh up
+
+.PHONY: local-cluster-down
+local-cluster-down: ## stop the local cluster and undo its changes to the host
+	e2e/local-cluster.sh down
 
 .PHONY: loadtest
 loadtest: ## step load through the deployed dispatcher (port-forward), following the inference replicas; report + plot in e2e-out/
@@ -180,6 +202,6 @@ bench-loadgen: ## loadgen vs oha and wrk, and open-loop accuracy (needs nginx, w
 
 .PHONY: bench
 bench: deps ## model-only speed: burn vs ONNX Runtime on the same ONNX file, same machine
-	cargo build --release -p inference
+	cargo build --release --workspace --bins
 	$(RELEASE_BIN)/inference bench --model $(MODELS) --batch-sizes 1,8,32
 	$(PYTHON) inference/scripts/bench_ort.py $(MODELS)/resnet50.onnx --batch-sizes 1,8,32

@@ -17,23 +17,17 @@ models=${MODELS:-$root/models}
 export DOCKER=$docker
 fail() { echo "containers: FAIL: $*" >&2; exit 1; }
 
-daemon_pid=""
+# shellcheck source=e2e/docker-engine.sh
+. "$root/e2e/docker-engine.sh"
 wrappers=$(mktemp -d)
 cleanup() {
   "$docker" ps -q --filter label=imageclassifier-smoke | xargs -r "$docker" rm -f >/dev/null 2>&1 || true
+  docker_engine_stop
   rm -rf "$wrappers"
-  if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
-if ! "$docker" info >/dev/null 2>&1; then
-  command -v dockerd >/dev/null || fail "no docker engine answers and dockerd is not installed (apt-get install docker.io)"
-  echo "containers: starting dockerd"
-  dockerd --data-root "${DOCKER_DATA_ROOT:-/var/lib/docker-local}" >"$wrappers/dockerd.log" 2>&1 &
-  daemon_pid=$!
-  for _ in $(seq 1 100); do "$docker" info >/dev/null 2>&1 && break; sleep 0.2; done
-  "$docker" info >/dev/null 2>&1 || fail "dockerd did not start (see $wrappers/dockerd.log)"
-fi
+docker_engine_start "$wrappers" || fail "no docker engine"
 
 case "${IMAGES_FROM:-host}" in
   host) ONLY=runtime "$root/e2e/offline-base-images.sh"; make -C "$root" images-from-host DOCKER="$docker" ;;

@@ -57,8 +57,16 @@ fn client_with(identity_pem: Option<&str>) -> reqwest::Client {
 /// Reviews seen by the stand-in API server.
 type Seen = Arc<Mutex<Vec<Value>>>;
 
+/// Paths kube-apiserver's default `system:discovery` role allows to `system:authenticated`.
+fn discovery_path(path: &str) -> bool {
+    ["/apis", "/openapi", "/version"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
 /// A stand-in API server: TokenReview knows one token (alice); SubjectAccessReview allows the
-/// HPA and alice, nobody else.
+/// HPA and alice everything, and discovery paths to `system:authenticated` as the default RBAC
+/// binding of `system:discovery` does; nobody else anything.
 async fn fake_api_server(front_proxy_ca_pem: String) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let sar_seen = seen.clone();
@@ -101,9 +109,18 @@ async fn fake_api_server(front_proxy_ca_pem: String) -> (String, Seen) {
                 let seen = sar_seen.clone();
                 async move {
                     seen.lock().expect("lock").push(review["spec"].clone());
-                    let user = review["spec"]["user"].as_str().unwrap_or_default();
+                    let spec = &review["spec"];
+                    let user = spec["user"].as_str().unwrap_or_default();
+                    let authenticated = spec["groups"]
+                        .as_array()
+                        .is_some_and(|g| g.iter().any(|g| g == "system:authenticated"));
+                    let discovery = spec["nonResourceAttributes"]["path"]
+                        .as_str()
+                        .is_some_and(discovery_path);
                     let mut answer = review.clone();
-                    answer["status"] = json!({"allowed": user == HPA || user == "alice"});
+                    answer["status"] = json!({
+                        "allowed": user == HPA || user == "alice" || (authenticated && discovery)
+                    });
                     Json(answer)
                 }
             }),
@@ -164,17 +181,19 @@ async fn request_header_settings_come_from_the_cluster_configmap() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
-    let dir = tempfile::tempdir().expect("dir");
-    let front_proxy_ca = Ca::new("front-proxy-ca");
-    let rogue_ca = Ca::new("rogue-ca");
-    // The ConfigMap names another CA: the flag must win.
-    let (api_url, seen) = fake_api_server(rogue_ca.issuer.pem()).await;
-    let kubeconfig = write_kubeconfig(dir.path(), &api_url);
-    let ca_file = dir.path().join("requestheader-ca.pem");
+/// The adapter with request-header authentication from `--requestheader-client-ca-file` (the
+/// front proxy's CA) and SubjectAccessReviews against the stand-in API server, whose ConfigMap
+/// names `configmap_ca` instead.
+async fn guarded_adapter(
+    dir: &std::path::Path,
+    front_proxy_ca: &Ca,
+    configmap_ca: &Ca,
+) -> (Adapter, Seen) {
+    let (api_url, seen) = fake_api_server(configmap_ca.issuer.pem()).await;
+    let kubeconfig = write_kubeconfig(dir, &api_url);
+    let ca_file = dir.join("requestheader-ca.pem");
     std::fs::write(&ca_file, front_proxy_ca.issuer.pem()).expect("CA file");
-    let rules = dir.path().join("rules.yaml");
+    let rules = dir.join("rules.yaml");
     std::fs::write(&rules, include_str!("../rules.yaml")).expect("rules");
 
     let adapter = Adapter::start(
@@ -195,9 +214,19 @@ async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
             "front-proxy-client",
         ],
         &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))],
-        dir.path(),
+        dir,
     )
     .await;
+    (adapter, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
+    let dir = tempfile::tempdir().expect("dir");
+    let front_proxy_ca = Ca::new("front-proxy-ca");
+    // The ConfigMap names another CA: the flag must win.
+    let rogue_ca = Ca::new("rogue-ca");
+    let (adapter, seen) = guarded_adapter(dir.path(), &front_proxy_ca, &rogue_ca).await;
     let discovery = adapter.url("/apis/custom.metrics.k8s.io/v1beta2");
     let metric = adapter.url("/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/%2A/inference_requests_per_second");
 
@@ -288,7 +317,7 @@ async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
 
     // The same proxy speaking for someone the SAR denies: 403 naming the user.
     let response = hpa
-        .get(&discovery)
+        .get(&metric)
         .header("X-Remote-User", "mallory")
         .send()
         .await
@@ -342,6 +371,78 @@ async fn only_the_front_proxy_or_a_reviewed_token_gets_in() {
         metrics.contains("metrics_adapter_auth_failures_total{reason=\"forbidden\"} 1"),
         "{metrics}"
     );
+}
+
+/// What kube-apiserver's aggregator sends: discovery as `system:kube-aggregator` and OpenAPI as
+/// `system:aggregator`, through the front proxy, with no `X-Remote-Group` at all. Like any
+/// authenticated user they are in `system:authenticated`, which RBAC lets read discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregators_groupless_requests_are_authorized_as_an_authenticated_user() {
+    let dir = tempfile::tempdir().expect("dir");
+    let front_proxy_ca = Ca::new("front-proxy-ca");
+    let (adapter, seen) = guarded_adapter(dir.path(), &front_proxy_ca, &front_proxy_ca).await;
+    let proxy = client_with(Some(&front_proxy_ca.client("front-proxy-client")));
+    let aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,\
+                      application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,\
+                      application/json";
+    let requests = [
+        ("system:kube-aggregator", "/apis", aggregated),
+        ("system:kube-aggregator", "/apis", "application/json"),
+        (
+            "system:kube-aggregator",
+            "/apis/custom.metrics.k8s.io/v1beta2",
+            "application/json",
+        ),
+        (
+            "system:kube-aggregator",
+            "/apis/custom.metrics.k8s.io/v1beta1",
+            "application/json",
+        ),
+        ("system:aggregator", "/openapi/v2", "application/json"),
+        ("system:aggregator", "/openapi/v3", "application/json"),
+    ];
+    for (user, path, accept) in requests {
+        let response = proxy
+            .get(adapter.url(path))
+            .header("X-Remote-User", user)
+            .header("Accept", accept)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            200,
+            "{user} GET {path}: {}",
+            adapter.logs()
+        );
+        let review = seen.lock().expect("lock").last().cloned().expect("a SAR");
+        assert_eq!(review["user"], user);
+        assert_eq!(review["groups"], json!(["system:authenticated"]), "{path}");
+        assert_eq!(review["nonResourceAttributes"]["path"], path);
+    }
+
+    // The aggregated form, marked Current, is what the aggregator gets for its Accept header.
+    let response = proxy
+        .get(adapter.url("/apis"))
+        .header("X-Remote-User", "system:kube-aggregator")
+        .header("Accept", aggregated)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["kind"], "APIGroupDiscoveryList");
+    assert_eq!(
+        body["items"][0]["metadata"]["name"],
+        "custom.metrics.k8s.io"
+    );
+    let versions = &body["items"][0]["versions"];
+    assert_eq!(versions[0]["version"], "v1beta2");
+    assert_eq!(versions[0]["freshness"], "Current");
+    assert_eq!(versions[1]["version"], "v1beta1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

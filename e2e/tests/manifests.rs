@@ -491,7 +491,7 @@ fn the_e2e_scripts_name_objects_and_targets_that_exist() {
     };
     let mut checked = 0;
     for (script, text) in [
-        ("minikube-e2e.sh", include_str!("../minikube-e2e.sh")),
+        ("e2e.sh", include_str!("../e2e.sh")),
         ("loadtest.sh", include_str!("../loadtest.sh")),
     ] {
         for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
@@ -544,7 +544,7 @@ fn the_e2e_scripts_name_objects_and_targets_that_exist() {
         }
     }
     // The rollout loop names its Deployments in a list.
-    let rollouts = include_str!("../minikube-e2e.sh")
+    let rollouts = include_str!("../e2e.sh")
         .lines()
         .find_map(|l| l.strip_prefix("for deployment in "))
         .and_then(|l| l.strip_suffix("; do"))

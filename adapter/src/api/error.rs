@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 405 `MethodNotAllowed`.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 406 `NotAcceptable`.
+    #[error("{0}")]
+    NotAcceptable(String),
     /// 500 `InternalError`.
     #[error("{0}")]
     Internal(String),
@@ -45,6 +48,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         }

@@ -1,6 +1,7 @@
 //! The HTTP API: `custom.metrics.k8s.io` (v1beta1 and v1beta2), discovery, OpenAPI, health and
 //! self-metrics.
 
+pub mod discovery;
 pub mod error;
 pub mod openapi;
 pub mod paths;
@@ -20,6 +21,7 @@ use axum::{Json, Router};
 use crate::metrics::Metrics;
 use crate::provider::{MetricRequest, Provider};
 use crate::selector::Selector;
+use discovery::Format;
 pub use error::ApiError;
 use openapi::{Document, OpenApi};
 use paths::{GROUP, Route};
@@ -79,8 +81,36 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-async fn apis() -> Json<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroupList> {
-    Json(types::api_group_list())
+/// `GET /apis`, in the format the `Accept` header asks for (see [`discovery`]).
+async fn apis(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (body, content_type) = match discovery::negotiate(accept) {
+        Some(Format::Legacy) => (
+            serde_json::to_value(types::api_group_list()),
+            "application/json".to_owned(),
+        ),
+        Some(Format::Aggregated(version)) => {
+            let snapshot = state.provider.registry.snapshot();
+            (
+                serde_json::to_value(discovery::group_discovery_list(version, &snapshot)),
+                version.content_type(),
+            )
+        }
+        None => {
+            return Err(ApiError::NotAcceptable(format!(
+                "only application/json is served here, as the legacy APIGroupList or as \
+                 apidiscovery.k8s.io v2/v2beta1 APIGroupDiscoveryList; Accept was {:?}",
+                accept.unwrap_or_default()
+            )));
+        }
+    };
+    let document = Document::new(&body.map_err(|e| ApiError::Internal(e.to_string()))?);
+    let mut response = document_response(&document, &content_type, &headers);
+    // Caches must key the answer on Accept, as kube-apiserver's discovery handler says.
+    response
+        .headers_mut()
+        .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+    Ok(response)
 }
 
 async fn group() -> Json<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup> {
@@ -149,7 +179,8 @@ fn selectors(query: Option<&str>) -> Result<(Selector, Selector), ApiError> {
     Ok((label_selector, metric_selector))
 }
 
-fn document(doc: &Document, headers: &HeaderMap) -> Response {
+/// A document with its ETag, or 304 when the client's `If-None-Match` names it.
+fn document_response(doc: &Document, content_type: &str, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -160,18 +191,18 @@ fn document(doc: &Document, headers: &HeaderMap) -> Response {
     }
     (
         etag,
-        [(header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, content_type.to_owned())],
         doc.body.clone(),
     )
         .into_response()
 }
 
 async fn openapi_v2(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    document(&state.openapi.v2, &headers)
+    document_response(&state.openapi.v2, "application/json", &headers)
 }
 
 async fn openapi_v3(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    document(&state.openapi.v3_index, &headers)
+    document_response(&state.openapi.v3_index, "application/json", &headers)
 }
 
 async fn openapi_v3_version(
@@ -185,7 +216,7 @@ async fn openapi_v3_version(
         .v3_versions
         .iter()
         .find(|(version, _)| wanted == format!("apis/{GROUP}/{}", version.as_str()))
-        .map(|(_, doc)| document(doc, &headers))
+        .map(|(_, doc)| document_response(doc, "application/json", &headers))
         .ok_or_else(|| {
             ApiError::NotFound("the server could not find the requested resource".into())
         })

@@ -17,7 +17,8 @@ pub struct Document {
 }
 
 impl Document {
-    fn new(value: &Value) -> Self {
+    /// The document of a JSON value.
+    pub fn new(value: &Value) -> Self {
         let body = serde_json::to_vec(value).expect("JSON serialises");
         let etag = format!("\"{:x}\"", Sha256::digest(&body));
         Self {

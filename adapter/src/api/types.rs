@@ -244,4 +244,4 @@ pub fn api_group_list() -> APIGroupList {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -33,6 +33,27 @@ pub struct UserInfo {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
+/// The group every authenticated user is in. Cluster roles for discovery (`system:discovery`,
+/// `system:public-info-viewer`) are bound to it, and the aggregator's own requests (discovery as
+/// `system:kube-aggregator`, OpenAPI as `system:aggregator`) arrive with no group at all: without
+/// it their SubjectAccessReview is denied and the group disappears from the cluster's discovery.
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
+/// The user of unauthenticated requests in Kubernetes; never given [`AUTHENTICATED_GROUP`].
+const ANONYMOUS_USER: &str = "system:anonymous";
+
+impl UserInfo {
+    /// The user with [`AUTHENTICATED_GROUP`] among its groups, as k8s.io/apiserver's
+    /// authenticated-group adder does after every successful authentication.
+    #[must_use]
+    pub fn with_authenticated_group(mut self) -> Self {
+        if self.name != ANONYMOUS_USER && !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+            self.groups.push(AUTHENTICATED_GROUP.to_owned());
+        }
+        self
+    }
+}
+
 /// Request-header authentication settings, as the ConfigMap spells them.
 pub struct RequestHeaderAuth {
     verifier: Arc<dyn ClientCertVerifier>,
@@ -269,5 +290,28 @@ impl TokenReviewer {
             .await
             .insert(key, (Instant::now(), user.clone()));
         Ok(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_authenticated_user_is_in_system_authenticated_once() {
+        let groupless = user("system:kube-aggregator", &[]).with_authenticated_group();
+        assert_eq!(groupless.groups, [AUTHENTICATED_GROUP]);
+        let hpa = user("hpa", &["system:serviceaccounts", AUTHENTICATED_GROUP]);
+        assert_eq!(hpa.clone().with_authenticated_group(), hpa, "no duplicate");
+        let anonymous = user(ANONYMOUS_USER, &["system:unauthenticated"]);
+        assert_eq!(anonymous.clone().with_authenticated_group(), anonymous);
     }
 }

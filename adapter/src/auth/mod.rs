@@ -33,7 +33,19 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The caller, in the groups the API server would give it.
     async fn authenticate(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'static>],
+        headers: &axum::http::HeaderMap,
+    ) -> Result<UserInfo, String> {
+        self.identify(chain, headers)
+            .await
+            .map(UserInfo::with_authenticated_group)
+    }
+
+    /// The caller as the credentials name it.
+    async fn identify(
         &self,
         chain: &[rustls::pki_types::CertificateDer<'static>],
         headers: &axum::http::HeaderMap,

@@ -11,7 +11,7 @@ use crate::rules::Rules;
 
 /// Compares with `tests/golden/<name>.json`; `UPDATE_GOLDEN=1` rewrites the file (review the
 /// diff against shared/CUSTOM-METRICS-API.md before committing).
-fn assert_golden(name: &str, actual: &serde_json::Value) {
+pub(crate) fn assert_golden(name: &str, actual: &serde_json::Value) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         let text = serde_json::to_string_pretty(actual).expect("serialises") + "\n";
@@ -87,7 +87,7 @@ fn object_metric_on_a_grouped_kind() {
     assert_golden("v1beta2-deployment", &json);
 }
 
-fn snapshot(metrics: &[(&str, &str, bool)]) -> Snapshot {
+pub(crate) fn snapshot(metrics: &[(&str, &str, bool)]) -> Snapshot {
     let rules = Rules::parse(include_str!("../../../rules.yaml")).expect("default rules");
     let metrics: BTreeMap<MetricKey, Discovered> = metrics
         .iter()

@@ -1,0 +1,38 @@
+// Command coredns is upstream CoreDNS with only the plugins the test cluster
+// uses. It mirrors github.com/coredns/coredns/coredns.go, but instead of the
+// all-plugin bundle (core/plugin) it imports a few plugins and narrows
+// dnsserver.Directives (the plugin execution order) to them.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/metrics"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/template"
+)
+
+// Same relative order as upstream's plugin.cfg / zdirectives.go.
+var directives = []string{
+	"ready",
+	"health",
+	"prometheus",
+	"errors",
+	"log",
+	"cache",
+	"template",
+	"kubernetes",
+}
+
+func main() {
+	if err := dnsserver.SetDirectives(directives); err != nil {
+		panic(err)
+	}
+	coremain.Run()
+}
