@@ -125,7 +125,8 @@ make_ca() { # NAME CN
   [ -f "$pki/$1.crt" ] && return 0
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$2" \
     -keyout "$pki/$1.key" -out "$pki/$1.crt" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSignature,digitalSignature" 2>/dev/null
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>"$pki/openssl.log" \
+    || fail "cannot make the CA $1: $(cat "$pki/openssl.log")"
 }
 
 make_cert() { # NAME CA SUBJECT USAGE [SAN]
@@ -138,10 +139,12 @@ make_cert() { # NAME CA SUBJECT USAGE [SAN]
     echo "extendedKeyUsage=$usage"
     [ -z "$san" ] || echo "subjectAltName=$san"
   } >"$ext"
-  openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$pki/$name.key" \
-    -out "$pki/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
-    -CAcreateserial -days 30 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
+  if ! openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$pki/$name.key" \
+    -out "$pki/$name.csr" 2>"$pki/openssl.log" \
+    || ! openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" \
+      -CAcreateserial -days 30 -extfile "$ext" -out "$pki/$name.crt" 2>"$pki/openssl.log"; then
+    fail "cannot make the certificate $name: $(cat "$pki/openssl.log")"
+  fi
   rm -f "$pki/$name.csr" "$ext"
 }
 
@@ -172,7 +175,7 @@ make_pki() {
   [ -f "$pki/sa.key" ] || {
     openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
     openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
-  }
+  } || fail "cannot make the service account key"
   make_kubeconfig "$kubeconfig" admin
   make_kubeconfig "$state/controller-manager.kubeconfig" controller-manager
   make_kubeconfig "$state/scheduler.kubeconfig" scheduler

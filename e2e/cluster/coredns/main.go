@@ -8,23 +8,19 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/coremain"
 
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
-	_ "github.com/coredns/coredns/plugin/health"
 	_ "github.com/coredns/coredns/plugin/kubernetes"
-	_ "github.com/coredns/coredns/plugin/log"
-	_ "github.com/coredns/coredns/plugin/metrics"
-	_ "github.com/coredns/coredns/plugin/ready"
 	_ "github.com/coredns/coredns/plugin/template"
 )
 
-// Same relative order as upstream's plugin.cfg / zdirectives.go.
+// The plugins' order of execution, as in upstream's plugin.cfg (zdirectives.go): bind the
+// listening address, report errors, answer from the cache, then the template (NXDOMAIN for
+// names outside the cluster) and the cluster's own names.
 var directives = []string{
-	"ready",
-	"health",
-	"prometheus",
+	"bind",
 	"errors",
-	"log",
 	"cache",
 	"template",
 	"kubernetes",
