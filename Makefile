@@ -77,10 +77,11 @@ check-features: ## the wgpu and cuda backends compile
 	DOCS_RS=1 cargo check -p inference --features cuda
 
 .PHONY: test
-test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests, the local stack
+test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests, the local stack, the e2e on the local cluster (root)
 	cargo test --workspace --all-targets
 	shellcheck e2e/*.sh e2e/cluster/*.sh
 	$(MAKE) local-test
+	$(MAKE) e2e-local
 
 E2E_MODELS := $(CARGO_TARGET_DIR)/e2e-models
 

@@ -10,14 +10,17 @@
 docker_engine_pid=""
 docker_engine_log=""
 
-docker_engine_start() { # LOG-FOLDER
+docker_engine_start() { # FOLDER (removed by the caller afterwards)
   local docker=${DOCKER:-docker}
   "$docker" info >/dev/null 2>&1 && return 0
   command -v dockerd >/dev/null \
     || { echo "no docker engine answers and dockerd is not installed (apt-get install docker.io)" >&2; return 1; }
   docker_engine_log=$1/dockerd.log
   echo "starting dockerd (log: $docker_engine_log)"
+  # Its socket, pid file and run-time state in FOLDER: nothing is left in /run afterwards.
+  export DOCKER_HOST=unix://$1/docker.sock
   dockerd --data-root "${DOCKER_DATA_ROOT:-/var/cache/imageclassifier/docker}" \
+    --exec-root "$1/exec" --pidfile "$1/dockerd.pid" --host "$DOCKER_HOST" \
     --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     >"$docker_engine_log" 2>&1 &
   docker_engine_pid=$!

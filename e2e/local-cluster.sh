@@ -41,8 +41,9 @@ run=$state/run
 # Kernel settings kubelet or the pod network change; saved at `up`, restored at `down`.
 sysctls=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory vm.panic_on_oom
   kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
-# Folders kubelet, CNI and containerd create outside our state folder.
-host_dirs=(/var/log/pods /var/log/containers /var/lib/cni /run/netns /etc/cni /opt/cni)
+# Folders kubelet, CNI and containerd create outside our state folder whatever their flags say.
+host_dirs=(/var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet /run/netns /run/containerd
+  /etc/cni /opt/cni)
 
 say() { echo "local-cluster: $*"; }
 fail() { echo "local-cluster: $*" >&2; exit 1; }

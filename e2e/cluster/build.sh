@@ -27,6 +27,9 @@ fail() { echo "cluster-build: $*" >&2; exit 1; }
 command -v go >/dev/null || fail "needs Go (https://go.dev/doc/install)"
 command -v gcc >/dev/null || fail "needs gcc with a static C library (apt-get install gcc libc6-dev)"
 mkdir -p "$out"
+# One build at a time (CI starts one early in the background; the e2e's waits for it here).
+exec 9>"$out/.lock"
+flock 9
 
 # What a component's build depends on: its module files, this script and the Go version.
 fingerprint() { # COMPONENT
