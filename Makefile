@@ -166,8 +166,14 @@ e2e: ## the main job: minikube (E2E_CLUSTER=local: the local cluster), images, d
 	e2e/e2e.sh
 
 .PHONY: e2e-local
-e2e-local: ## the e2e on the local cluster, then the cluster taken down again (part of make test)
-	E2E_CLUSTER=local e2e/e2e.sh; status=$$?; e2e/local-cluster.sh down; exit $$status
+e2e-local: ## the e2e on a fresh local cluster, then the cluster taken down and the host checked to be as before (part of make test)
+	e2e/local-cluster.sh down
+	@before=$$(mktemp); after=$$(mktemp); e2e/host-state.sh >$$before; \
+	E2E_CLUSTER=local e2e/e2e.sh; status=$$?; \
+	e2e/local-cluster.sh down || status=1; \
+	e2e/host-state.sh >$$after; \
+	diff -u $$before $$after || { echo "make e2e-local: the host differs after local-cluster-down (above)" >&2; status=1; }; \
+	rm -f $$before $$after; exit $$status
 
 .PHONY: local-cluster
 local-cluster: ## a real single-node Kubernetes here, built from upstream sources (root; e2e/local-cluster.sh)

@@ -113,7 +113,7 @@ check_host() {
 
 check_ports_free() {
   local port
-  for port in 2379 2380 10248 10249 10256 10257 10259; do
+  for port in 2379 2380 "$api_port" 10248 10249 10250 10256 10257 10259; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       fail "port $port is taken on this machine (another Kubernetes?)"
     fi
