@@ -168,10 +168,10 @@ e2e: ## the main job: minikube (E2E_CLUSTER=local: the local cluster), images, d
 .PHONY: e2e-local
 e2e-local: ## the e2e on a fresh local cluster, then the cluster taken down and the host checked to be as before (part of make test)
 	e2e/local-cluster.sh down
-	@before=$$(mktemp); after=$$(mktemp); e2e/host-state.sh >$$before; \
+	@before=$$(mktemp); after=$$(mktemp); e2e/host-state.sh >$$before || exit 1; \
 	E2E_CLUSTER=local e2e/e2e.sh; status=$$?; \
 	e2e/local-cluster.sh down || status=1; \
-	e2e/host-state.sh >$$after; \
+	e2e/host-state.sh >$$after || status=1; \
 	diff -u $$before $$after || { echo "make e2e-local: the host differs after local-cluster-down (above)" >&2; status=1; }; \
 	rm -f $$before $$after; exit $$status
 

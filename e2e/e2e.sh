@@ -148,7 +148,8 @@ for group in groups:
   sleep 4
 done
 say "aggregated discovery: custom.metrics.k8s.io $freshness"
-k api-versions | grep -qx custom.metrics.k8s.io/v1beta2 || fail "kubectl api-versions does not list custom.metrics.k8s.io/v1beta2"
+versions=$(k api-versions)
+grep -qx custom.metrics.k8s.io/v1beta2 <<<"$versions" || fail "kubectl api-versions does not list custom.metrics.k8s.io/v1beta2"
 
 kubectl --context "$context" -n "$ns" port-forward svc/dispatcher 18080:8080 >"$out/port-forward.log" 2>&1 &
 background+=("$!")
@@ -161,7 +162,8 @@ say "warm-up load, then the custom metrics API"
 "$loadgen" --target "$target" --rate 2 --duration 20s --quiet >/dev/null
 metric="/apis/custom.metrics.k8s.io/v1beta2/namespaces/$ns/pods/*/inference_requests_per_second"
 for attempt in $(seq 1 30); do
-  if k get --raw "$metric" 2>/dev/null | grep -q '"MetricValueList"'; then break; fi
+  answer=$(k get --raw "$metric" 2>/dev/null || true)
+  if grep -q '"MetricValueList"' <<<"$answer"; then break; fi
   [ "$attempt" = 30 ] && { echo "e2e: the adapter never served $metric" >&2; exit 1; }
   sleep 4
 done
@@ -203,8 +205,8 @@ if [ "$scaled_down" = 0 ]; then
   say "load stopped; waiting for the scale-down (stabilization 60 s, then -50 %/30 s)"
   deadline=$(( $(date +%s) + down_within ))
   while :; do
-    desired=$(k -n "$ns" get hpa inference -o jsonpath='{.status.desiredReplicas}')
-    [ "$desired" -lt "$max_desired" ] && break
+    desired=$(k -n "$ns" get hpa inference -o jsonpath='{.status.desiredReplicas}' 2>/dev/null || true)
+    [ "${desired:-$max_desired}" -lt "$max_desired" ] && break
     [ "$(date +%s)" -gt "$deadline" ] && fail "no scale-down within ${down_within}s"
     sleep 10
   done

@@ -6,6 +6,8 @@
 # CNI and containerd create.
 set -euo pipefail
 
+root=$(cd "$(dirname "$0")/.." && pwd)
+
 echo "# links"
 ip -o link show | awk '{print $2}' | sort
 echo "# routes"
@@ -15,14 +17,13 @@ for tool in iptables-save ip6tables-save; do
   if command -v "$tool" >/dev/null; then
     # Rules and chains, not counters, table headers, or the built-in chains every table has.
     "$tool" | sed 's/ *\[[0-9]*:[0-9]*\]//' \
-      | grep -v -e '^#' -e '^\*' -e '^COMMIT' -e '^:\(INPUT\|OUTPUT\|FORWARD\|PREROUTING\|POSTROUTING\) ' \
+      | { grep -v -e '^#' -e '^\*' -e '^COMMIT' -e '^:\(INPUT\|OUTPUT\|FORWARD\|PREROUTING\|POSTROUTING\) ' || true; } \
       | sed "s/^/$tool: /" | sort
   fi
 done
 echo "# sysctl"
-sysctl net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory \
-  vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys \
-  kernel.keys.root_maxbytes 2>/dev/null
+# shellcheck disable=SC2046 # one key per word
+sysctl $("$root/e2e/local-cluster.sh" host-sysctls) 2>/dev/null || true
 echo "# mounts"
 awk '{print $2}' /proc/mounts | sort
 echo "# network namespaces"
@@ -30,10 +31,9 @@ ip netns list 2>/dev/null | sort
 echo "# cgroups"
 find /sys/fs/cgroup -maxdepth 3 -type d -name 'kubepods*' 2>/dev/null | sort
 echo "# folders"
-for dir in /var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet /run/netns \
-  /run/containerd /run/docker /etc/cni /opt/cni /var/lib/imageclassifier-cluster; do
+for dir in $("$root/e2e/local-cluster.sh" host-paths) /run/docker /etc/docker/key.json; do
   [ ! -e "$dir" ] || echo "$dir"
 done
 echo "# processes"
-pgrep -x -l 'kube-apiserver|kube-controller|kube-scheduler|kubelet|kube-proxy|etcd|coredns|containerd|dockerd' \
-  | awk '{print $2}' | sort
+# (Process names as the kernel keeps them: 15 characters at most.)
+ps -eo comm= | { grep -x -E 'kube-apiserver|kube-controller|kube-scheduler|kubelet|kube-proxy|etcd|coredns|containerd|containerd-shim|dockerd' || true; } | sort

@@ -18,8 +18,10 @@
 # CLUSTER_CACHE). Facts behind the choices below: ../shared/CLUSTER-NOTES.md and
 # docs/TROUBLESHOOTING.md.
 #
-# Environment: CLUSTER_STATE (runtime files, default /var/lib/imageclassifier-cluster),
-# CLUSTER_CACHE (built binaries, default /var/cache/imageclassifier/cluster).
+# Environment: CLUSTER_STATE (certificates, etcd, kubelet, logs; default
+# /var/lib/imageclassifier-cluster), CLUSTER_RUN (pid files and sockets, on tmpfs so that none
+# outlives a reboot; default /run/imageclassifier-cluster), CLUSTER_CACHE (built binaries,
+# default /var/cache/imageclassifier/cluster).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,13 +39,13 @@ context=imageclassifier-local
 kubeconfig=$state/admin.kubeconfig
 pki=$state/pki
 logs=$state/logs
-run=$state/run
+run=${CLUSTER_RUN:-/run/imageclassifier-cluster}
 # Kernel settings kubelet or the pod network change; saved at `up`, restored at `down`.
 sysctls=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory vm.panic_on_oom
   kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 # Folders kubelet, CNI and containerd create outside our state folder whatever their flags say.
 host_dirs=(/var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet /run/netns /run/containerd
-  /etc/cni /opt/cni)
+  /etc/cni /opt/cni /opt/containerd)
 
 say() { echo "local-cluster: $*"; }
 fail() { echo "local-cluster: $*" >&2; exit 1; }
@@ -109,6 +111,17 @@ check_host() {
   [ "$(uname -s)" = Linux ] || fail "needs Linux"
   grep -qw overlay /proc/filesystems || fail "the kernel has no overlay filesystem (containerd's snapshotter needs it)"
   [ -d /proc/sys/net/bridge ] || fail "the kernel has no bridge netfilter (br_netfilter): kube-proxy's Service translation for pods needs it"
+}
+
+# Another Kubernetes node on this host would share iptables chains and pod namespaces with ours,
+# and `down` removes those.
+check_no_other_node() {
+  if iptables -t nat -S 2>/dev/null | grep -q '^-N KUBE-'; then
+    fail "iptables already has KUBE-* chains: another Kubernetes runs on this host (or a previous one left them; remove them first)"
+  fi
+  if ip netns list 2>/dev/null | grep -q '^cni-'; then
+    fail "network namespaces cni-* exist: another container runtime's pods run on this host"
+  fi
 }
 
 check_ports_free() {
@@ -244,6 +257,8 @@ start_containerd() {
 version = 2
 root = "$state/containerd/root"
 state = "$run/containerd"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$state/containerd/opt"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.tracing.processor.v1.otlp"]
@@ -392,10 +407,6 @@ cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     errors
     kubernetes cluster.local in-addr.arpa ip6.arpa {
         kubeconfig $kubeconfig $context
-        fallthrough in-addr.arpa ip6.arpa
-    }
-    template ANY ANY in-addr.arpa ip6.arpa {
-        rcode NXDOMAIN
     }
     cache 5
 }
@@ -449,7 +460,7 @@ stop_pods() {
 }
 
 down() {
-  if [ ! -d "$state" ]; then
+  if [ ! -d "$state" ] && [ ! -d "$run" ]; then
     say "no cluster here ($state does not exist)"
     return 0
   fi
@@ -471,17 +482,23 @@ down() {
   ip route del blackhole "$service_cidr" 2>/dev/null || true
   remove_kube_chains iptables
   remove_kube_chains ip6tables
-  # kubelet's cgroups (cgroup v1: one tree per controller; v2: one tree), deepest first.
-  find /sys/fs/cgroup -depth -type d \( -name kubepods -o -path '*/kubepods/*' -o -name 'kubepods.slice' \) \
-    -exec rmdir {} \; 2>/dev/null || true
+  # kubelet's cgroups (v1: kubepods in each controller's tree; v2: kubepods at the top): any
+  # container process a killed shim left behind first, then the groups, deepest first.
+  local top
+  for top in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+    [ -d "$top" ] || continue
+    find "$top" -name cgroup.procs -print0 | xargs -0 -r cat 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    sleep 0.2
+    find "$top" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
   if [ -f "$state/sysctl.saved" ]; then
     while IFS= read -r setting; do sysctl -qw "$setting" 2>/dev/null || true; done <"$state/sysctl.saved"
   fi
   if [ -f "$state/dirs.created" ]; then
     while IFS= read -r dir; do rm -rf "$dir"; done <"$state/dirs.created"
   fi
-  rm -rf "$state"
-  say "stopped; the host is as it was before 'up'"
+  rm -rf "$state" "$run"
+  say "stopped; the host is as it was before 'up' (installed Debian packages stay)"
 }
 
 # --- up -----------------------------------------------------------------------------------
@@ -492,7 +509,10 @@ up() {
     say "cleaning up after a cluster that did not stop"
     down
   fi
-  running apiserver || check_ports_free
+  if ! running apiserver; then
+    check_ports_free
+    check_no_other_node
+  fi
   install_debian_packages
   BIN="$bin" "$root/e2e/cluster/build.sh"
   mkdir -p "$state" "$logs" "$run"
@@ -525,5 +545,8 @@ case "${1:-up}" in
   env) echo "export KUBECONFIG=$kubeconfig" ;;
   load) load ;;
   pause-image) pause_image ;;
-  *) fail "usage: $0 up|down|env|load (an image archive on stdin)|pause-image" ;;
+  # What e2e/host-state.sh compares before `up` and after `down`.
+  host-sysctls) echo "${sysctls[*]}" ;;
+  host-paths) echo "${host_dirs[*]} $state $run" ;;
+  *) fail "usage: $0 up|down|env|load (an image archive on stdin)|pause-image|host-sysctls|host-paths" ;;
 esac

@@ -38,8 +38,12 @@ def rescales(events, since, started):
     for event in events.get("items", []):
         if event.get("reason") != "SuccessfulRescale":
             continue
-        when = event.get("firstTimestamp") or event.get("eventTime", "")[:19] + "Z"
-        if not when or timestamp(when) < timestamp(since):
+        # The first time this rescale happened (a repeat of the same message only counts up).
+        when = event.get("firstTimestamp") or (event.get("eventTime") or "")[:19]
+        if not when:
+            continue
+        when = when.rstrip("Z") + "Z"
+        if timestamp(when) < timestamp(since):
             continue
         size = re.search(r"New size: (\d+)", event.get("message", ""))
         reason = event.get("message", "").partition("reason: ")[2]

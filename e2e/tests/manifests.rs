@@ -2,10 +2,13 @@
 //! type, and cross-checked against the binaries (flags, ports, probe paths), the adapter's
 //! rules, Prometheus (`promtool check config`) and the pod security baseline.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use clap::Parser;
+use common::render;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
@@ -15,27 +18,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use serde::Deserialize;
 use serde_json::Value;
-
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-/// Every object of `kubectl kustomize DIR`, as JSON.
-fn render(dir: &str) -> Vec<Value> {
-    let output = Command::new("kubectl")
-        .args(["kustomize", &format!("{ROOT}/{dir}")])
-        .output()
-        .expect("run kubectl kustomize");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("UTF-8");
-    serde_norway::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("YAML object"))
-        .collect()
-}
 
 /// The rendered system, typed.
 #[derive(Default)]

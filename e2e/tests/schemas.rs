@@ -6,14 +6,12 @@
 //! not know (`lifecycle.preStop.sleep` before 1.30), a value of the wrong type, a missing
 //! required field, a kind the release does not serve.
 
+mod common;
+
+use common::{ROOT, render};
+use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The releases, as `e2e/kubernetes-versions` lists them.
 fn versions() -> Vec<String> {
@@ -26,11 +24,19 @@ fn versions() -> Vec<String> {
         .collect()
 }
 
+/// Where `make schemas` put them: `K8S_SCHEMAS` (the Makefile exports it), else the Makefile's
+/// default for root, else for other users.
 fn schema_dir() -> PathBuf {
-    std::env::var_os("K8S_SCHEMAS").map_or_else(
-        || "/var/cache/imageclassifier/k8s-schemas".into(),
-        PathBuf::from,
-    )
+    if let Some(dir) = std::env::var_os("K8S_SCHEMAS") {
+        return dir.into();
+    }
+    let system = PathBuf::from("/var/cache/imageclassifier/k8s-schemas");
+    match std::env::var_os("HOME") {
+        Some(home) if !system.exists() => {
+            PathBuf::from(home).join(".cache/imageclassifier/k8s-schemas")
+        }
+        _ => system,
+    }
 }
 
 /// One release's OpenAPI (swagger 2.0) definitions.
@@ -167,30 +173,16 @@ fn is_quantity(description: &str) -> bool {
     description.starts_with("Quantity is a fixed-point representation of a number.")
 }
 
-/// Every object of `kubectl kustomize DIR`.
-fn render(dir: &str) -> Vec<Value> {
-    let output = Command::new("kubectl")
-        .args(["kustomize", &format!("{ROOT}/{dir}")])
-        .output()
-        .expect("run kubectl kustomize");
-    assert!(
-        output.status.success(),
-        "{dir}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("UTF-8");
-    serde_norway::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("YAML object"))
-        .collect()
-}
-
 /// The kustomizations that get applied: the system, and its overlay for the local cluster.
 const APPLIED: [&str; 2] = ["manifests", "e2e/cluster/manifests"];
 
 #[test]
 fn the_manifests_are_valid_for_every_supported_kubernetes_release() {
     let versions = versions();
-    assert!(versions.len() >= 7, "README names at least 1.28 to 1.34");
+    assert!(
+        versions.len() >= 7,
+        "at least 1.28 to 1.34, as README says: {versions:?}"
+    );
     let mut rendered = Vec::new();
     for dir in APPLIED {
         rendered.extend(render(dir).into_iter().map(|object| (dir, object)));

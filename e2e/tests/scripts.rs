@@ -96,27 +96,88 @@ fn logical_lines(text: &str) -> Vec<String> {
     lines
 }
 
-/// Names of the shell functions a script defines (`name() {`).
+/// Names of the shell functions a script defines (`name() {`, `function name {`), and those of
+/// the files it sources as `. "$root/PATH"` or `source "$root/PATH"`.
 fn functions(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.trim_start().split_once("()")?;
-            let name = name.trim_end();
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            (valid && rest.trim_start().starts_with('{')).then(|| name.to_owned())
-        })
-        .collect()
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let mut names = BTreeSet::new();
+    for line in text.lines().map(str::trim_start) {
+        let definition = line.strip_prefix("function ").unwrap_or(line);
+        let name = match definition.split_once("()") {
+            Some((name, _)) => name.trim_end(),
+            None if line.starts_with("function ") => {
+                definition.split_whitespace().next().unwrap_or_default()
+            }
+            None => continue,
+        };
+        if valid(name) {
+            names.insert(name.to_owned());
+        }
+    }
+    for line in text.lines().map(str::trim_start) {
+        let sourced = line
+            .strip_prefix(". ")
+            .or_else(|| line.strip_prefix("source "))
+            .map(|rest| rest.trim().trim_matches('"'))
+            .and_then(|path| path.strip_prefix("$root/"));
+        if let Some(path) = sourced {
+            let library = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap_or_default();
+            names.extend(functions(&library));
+        }
+    }
+    names
+}
+
+/// The line with quoted strings, `$(…)` substitutions and a trailing comment blanked out (`_`),
+/// so that only the shell's own operators are left to read.
+fn code_only(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    let mut previous = ' ';
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push('_');
+                for inner in chars.by_ref() {
+                    out.push('_');
+                    if inner == c {
+                        break;
+                    }
+                }
+            }
+            '$' if chars.peek() == Some(&'(') => {
+                let mut depth = 0;
+                out.push('_');
+                for inner in chars.by_ref() {
+                    out.push('_');
+                    match inner {
+                        '(' => depth += 1,
+                        ')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            '#' if previous.is_whitespace() => break,
+            _ => out.push(c),
+        }
+        previous = c;
+    }
+    out
 }
 
 /// The program of each command a line sends to the background with a lone `&`.
 fn background_commands(line: &str) -> Vec<String> {
-    let code = match line.trim_start().starts_with('#') {
-        true => return Vec::new(),
-        false => line,
-    };
+    let code = code_only(line);
     let bytes = code.as_bytes();
     let mut programs = Vec::new();
     let mut start = 0;
@@ -124,26 +185,27 @@ fn background_commands(line: &str) -> Vec<String> {
         if b != b'&' {
             continue;
         }
-        let doubled = bytes.get(i + 1) == Some(&b'&') || (i > 0 && bytes[i - 1] == b'&');
-        let redirect = bytes.get(i + 1) == Some(&b'>') || (i > 0 && bytes[i - 1] == b'>');
-        if doubled || redirect {
+        let next = bytes.get(i + 1).copied();
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        // `&&`, `>&`, `&>`, `|&` are not the background operator.
+        if next == Some(b'&') || next == Some(b'>') || matches!(before, Some(b'&' | b'>' | b'|')) {
             continue;
         }
-        let command = &code[start..i];
-        // The command starts after the last `;`, `&&`, `||`, `(` or `then`/`do` before it.
+        // A group sent to the background as a whole: its last command.
+        let command = code[start..i].trim_end();
         let command = command
-            .rsplit(['(', ';'])
-            .next()
-            .unwrap_or(command)
-            .rsplit("&&")
-            .next()
-            .unwrap_or(command)
-            .rsplit("||")
+            .strip_suffix(['}', ')'])
+            .map_or(command, |inner| inner.trim_end().trim_end_matches(';'));
+        // The command starts after the last operator or grouping before it; in a pipeline the
+        // last command is the job's own.
+        let command = command.rsplit("&&").next().unwrap_or(command);
+        let command = command
+            .rsplit([';', '|', '(', ')', '{', '}'])
             .next()
             .unwrap_or(command);
-        let program = command
-            .split_whitespace()
-            .find(|word| !word.contains('=') && !matches!(*word, "then" | "do" | "else"));
+        let program = command.split_whitespace().find(|word| {
+            !word.contains('=') && !matches!(*word, "then" | "do" | "else" | "time" | "!" | "exec")
+        });
         if let Some(program) = program {
             programs.push(program.to_owned());
         }
@@ -180,20 +242,34 @@ fn background_jobs_are_programs_not_shell_functions() {
 
 #[test]
 fn the_background_parser_sees_what_bash_sends_to_the_background() {
-    assert_eq!(
-        background_commands(r#"k -n "$ns" port-forward svc/dispatcher 18080:8080 >"$log" 2>&1 &"#),
-        ["k"]
-    );
-    assert_eq!(
-        background_commands(r#"A=1 B="$x" e2e/loadtest.sh >"$out/log" 2>&1 & pids+=($!)"#),
-        ["e2e/loadtest.sh"]
-    );
-    assert!(background_commands("make a && make b || exit 1").is_empty());
-    assert!(background_commands("# comment &").is_empty());
-    assert_eq!(background_commands("cd x; serve &"), ["serve"]);
-    let text = "k() { kubectl \"$@\"; }\nstart_all () {\n  :\n}\n";
-    assert_eq!(
-        functions(text),
-        BTreeSet::from(["k".to_owned(), "start_all".to_owned()])
-    );
+    let cases: [(&str, &[&str]); 13] = [
+        (
+            r#"k -n "$ns" port-forward svc/dispatcher 18080:8080 >"$log" 2>&1 &"#,
+            &["k"],
+        ),
+        (
+            r#"A=1 B="$x" e2e/loadtest.sh >"$out/log" 2>&1 & pids+=($!)"#,
+            &["e2e/loadtest.sh"],
+        ),
+        ("make a && make b || exit 1", &[]),
+        ("# comment &", &[]),
+        ("cd x; serve &", &["serve"]),
+        ("{ f; } &", &["f"]),
+        (r#"f "$(x)" &"#, &["f"]),
+        ("a) f & ;;", &["f"]),
+        ("cat file | f &", &["f"]),
+        ("time f &", &["f"]),
+        (r#"say "a & b"; cmd |& tee log"#, &[]),
+        ("cmd # x & y", &[]),
+        ("(cd x && serve) &", &["serve"]),
+    ];
+    for (line, programs) in cases {
+        assert_eq!(background_commands(line), programs, "{line}");
+    }
+    let text = "k() { kubectl \"$@\"; }\nstart_all () {\n  :\n}\nfunction later {\n}\n\
+                . \"$root/e2e/docker-engine.sh\"\n";
+    let names = functions(text);
+    for name in ["k", "start_all", "later", "docker_engine_start"] {
+        assert!(names.contains(name), "{name} in {names:?}");
+    }
 }

@@ -60,39 +60,50 @@ pub enum Format {
 
 /// The format the `Accept` header prefers, or `None` when it accepts nothing we serve (406).
 ///
-/// Media ranges are taken by their `q` (default 1), ties in the order given — what the
-/// apiserver's negotiation does. Protobuf and YAML are not served; an absent header means JSON.
+/// Media ranges are taken by their `q` (default 1), then the more specific first (a type over
+/// `application/*` over `*/*`), then in the order given — what the apiserver's negotiation
+/// (goautoneg) does. Protobuf and YAML are not served; an absent header means JSON.
 pub fn negotiate(accept: Option<&str>) -> Option<Format> {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return Some(Format::Legacy);
     };
-    let mut offers: Vec<(f32, usize, Format)> = accept
+    let mut offers: Vec<(f32, u8, usize, Format)> = accept
         .split(',')
         .enumerate()
         .filter_map(|(position, range)| {
-            let (format, quality) = media_range(range)?;
-            (quality > 0.0).then_some((quality, position, format))
+            let (format, quality, specificity) = media_range(range)?;
+            (quality > 0.0).then_some((quality, specificity, position, format))
         })
         .collect();
-    offers.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    offers.first().map(|(_, _, format)| *format)
+    offers.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    offers.first().map(|(_, _, _, format)| *format)
 }
 
-/// One media range of an `Accept` header: what it selects, and its quality.
-fn media_range(range: &str) -> Option<(Format, f32)> {
+/// One media range of an `Accept` header: what it selects, its quality (0 to 1), and how
+/// specific it is (0 for `*/*`, 1 for `application/*`, 2 for a type).
+fn media_range(range: &str) -> Option<(Format, f32, u8)> {
     let mut parts = range.split(';').map(str::trim);
     let media_type = parts.next()?.to_ascii_lowercase();
     let mut params: BTreeMap<String, String> = BTreeMap::new();
-    for param in parts {
-        let (key, value) = param.split_once('=')?;
+    // A parameter without a value is ignored, as goautoneg ignores it.
+    for (key, value) in parts.filter_map(|param| param.split_once('=')) {
         params.insert(
             key.trim().to_ascii_lowercase(),
             value.trim().trim_matches('"').to_owned(),
         );
     }
     let quality = match params.remove("q") {
-        Some(q) => q.parse::<f32>().ok()?,
+        Some(q) => q
+            .parse::<f32>()
+            .ok()
+            .filter(|q| q.is_finite())?
+            .clamp(0.0, 1.0),
         None => 1.0,
+    };
+    let specificity = match media_type.as_str() {
+        "*/*" => 0,
+        "application/*" => 1,
+        _ => 2,
     };
     if !matches!(
         media_type.as_str(),
@@ -102,7 +113,7 @@ fn media_range(range: &str) -> Option<(Format, f32)> {
     }
     // Without a group/version/kind, any JSON is the legacy list (`charset` and the like aside).
     if !["g", "v", "as"].iter().any(|key| params.contains_key(*key)) {
-        return Some((Format::Legacy, quality));
+        return Some((Format::Legacy, quality, specificity));
     }
     let group = params.get("g").map(String::as_str);
     let kind = params.get("as").map(String::as_str);
@@ -117,7 +128,7 @@ fn media_range(range: &str) -> Option<(Format, f32)> {
         Some("v2beta1") => AggregatedVersion::V2beta1,
         _ => return None,
     };
-    Some((Format::Aggregated(version), quality))
+    Some((Format::Aggregated(version), quality, specificity))
 }
 
 /// `APIGroupDiscoveryList`.

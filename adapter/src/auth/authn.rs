@@ -41,13 +41,20 @@ pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// The user of unauthenticated requests in Kubernetes; never given [`AUTHENTICATED_GROUP`].
 const ANONYMOUS_USER: &str = "system:anonymous";
+/// The group of unauthenticated requests; a user in it is never given [`AUTHENTICATED_GROUP`].
+const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
 
 impl UserInfo {
     /// The user with [`AUTHENTICATED_GROUP`] among its groups, as k8s.io/apiserver's
-    /// authenticated-group adder does after every successful authentication.
+    /// authenticated-group adder does after every successful authentication (not for the
+    /// anonymous user, nor for one already in either group).
     #[must_use]
     pub fn with_authenticated_group(mut self) -> Self {
-        if self.name != ANONYMOUS_USER && !self.groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+        let in_group = |wanted: &str| self.groups.iter().any(|g| g == wanted);
+        if self.name != ANONYMOUS_USER
+            && !in_group(AUTHENTICATED_GROUP)
+            && !in_group(UNAUTHENTICATED_GROUP)
+        {
             self.groups.push(AUTHENTICATED_GROUP.to_owned());
         }
         self
@@ -311,7 +318,12 @@ mod tests {
         assert_eq!(groupless.groups, [AUTHENTICATED_GROUP]);
         let hpa = user("hpa", &["system:serviceaccounts", AUTHENTICATED_GROUP]);
         assert_eq!(hpa.clone().with_authenticated_group(), hpa, "no duplicate");
-        let anonymous = user(ANONYMOUS_USER, &["system:unauthenticated"]);
+        let anonymous = user(ANONYMOUS_USER, &[]);
         assert_eq!(anonymous.clone().with_authenticated_group(), anonymous);
+        let unauthenticated = user("someone", &[UNAUTHENTICATED_GROUP]);
+        assert_eq!(
+            unauthenticated.clone().with_authenticated_group(),
+            unauthenticated
+        );
     }
 }

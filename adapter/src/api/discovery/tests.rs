@@ -57,6 +57,15 @@ fn parameters_are_read_whatever_their_spacing_order_and_quality() {
     );
     let refused = format!("{V2};q=0, application/json");
     assert_eq!(negotiate(Some(&refused)), Some(Format::Legacy));
+    // A specific type wins over a wildcard of the same quality, wherever it stands.
+    let wildcard_first = format!("*/*, {V2}");
+    assert_eq!(
+        negotiate(Some(&wildcard_first)),
+        Some(Format::Aggregated(AggregatedVersion::V2))
+    );
+    // A quality above 1 counts as 1; a parameter without a value is ignored.
+    let inflated = format!("application/json;q=7, {V2};flag");
+    assert_eq!(negotiate(Some(&inflated)), Some(Format::Legacy));
 }
 
 #[test]
