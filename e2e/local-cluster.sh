@@ -472,9 +472,10 @@ down() {
   # Container shims run in their own sessions; none may outlive the cluster.
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $run/containerd.sock" 2>/dev/null || true
   sleep 0.5
-  # Mounts kubelet (pod volumes, its root) and containerd (rootfs, shm) left under our state,
-  # and the pods' network namespaces.
-  awk -v state="$state" '$2 ~ "^"state || $2 ~ "^/run/netns/cni-" {print $2}' /proc/mounts \
+  # Mounts kubelet (pod volumes, its root) and containerd (rootfs, sandboxes' shm) left under
+  # our folders, and the pods' network namespaces.
+  awk -v state="$state/" -v run="$run/" \
+    'index($2, state) == 1 || index($2, run) == 1 || $2 ~ "^/run/netns/cni-" {print $2}' /proc/mounts \
     | sort -r | while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
   local netns
   for netns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$netns" 2>/dev/null || true; done
