@@ -84,7 +84,13 @@ def main():
     step_down = next((second for second, rate in steps if second > step_up and rate < peak), None)
     end = rows[-1]["second"]
 
-    ups = [(s, n) for s, n, _ in events if s >= step_up - 1 and (step_down is None or s < step_down)]
+    ups = []  # rescales to more pods than before, from the step up to the step down
+    size = 1
+    for second, new_size, _ in events:
+        in_window = second >= step_up - 1 and (step_down is None or second < step_down)
+        if in_window and new_size > size:
+            ups.append((second, new_size))
+        size = new_size
     if ups:
         print(f"first change of desired replicas: {ups[0][0] - step_up:.0f} s after the step up")
         last_ready = step_up
