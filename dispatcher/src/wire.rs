@@ -55,6 +55,10 @@ pub enum WireError {
     /// A broken chunked body.
     #[error("malformed chunked body: {0}")]
     BadChunk(&'static str),
+    /// No `Host` in an HTTP/1.1 request, more than one, or one that is not `host[:port]`
+    /// (RFC 9112 §3.2: the server MUST answer 400).
+    #[error("{0}")]
+    BadHost(&'static str),
 }
 
 impl From<httparse::Error> for WireError {
@@ -88,6 +92,9 @@ struct Fields {
     keep_alive: bool,
     expect_continue: bool,
     request_id: Option<Range<usize>>,
+    /// How many `Host` lines there were, and whether the last one read is a valid value.
+    hosts: usize,
+    host_valid: bool,
 }
 
 /// A parsed request head.
@@ -150,6 +157,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, WireError> {
     if fields.length.is_some() && fields.chunked {
         return Err(WireError::AmbiguousLength);
     }
+    check_host(&fields, http11)?;
     let framing = match fields.length {
         _ if fields.chunked => Framing::Chunked,
         Some(0) | None => Framing::Empty,
@@ -221,6 +229,32 @@ pub fn parse_response(buf: &[u8], to_head: bool) -> Result<Option<ResponseHead>,
     }))
 }
 
+/// RFC 9112 §3.2: exactly one valid `Host` in HTTP/1.1 (at most one in HTTP/1.0, which
+/// predates it). nginx answers the same cases with 400.
+fn check_host(fields: &Fields, http11: bool) -> Result<(), WireError> {
+    match fields.hosts {
+        0 if http11 => Err(WireError::BadHost(
+            "missing Host header (required in HTTP/1.1)",
+        )),
+        0 => Ok(()),
+        1 if fields.host_valid => Ok(()),
+        1 => Err(WireError::BadHost(
+            "invalid Host header (expected host or host:port)",
+        )),
+        _ => Err(WireError::BadHost("more than one Host header")),
+    }
+}
+
+/// `uri-host [":" port]` without user information, as a `Host` value must be.
+fn valid_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.contains(&b'@')
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| a.host().len() == a.as_str().len() || a.port_u16().is_some())
+}
+
 fn complete(status: httparse::Status<usize>, buffered: usize) -> Result<Option<usize>, WireError> {
     match status {
         httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => Err(WireError::HeadTooLarge),
@@ -255,6 +289,8 @@ fn copy_headers(headers: &[httparse::Header], out: &mut Vec<u8>) -> Result<Field
         keep_alive: false,
         expect_continue: false,
         request_id: None,
+        hosts: 0,
+        host_valid: false,
     };
     // Headers that `Connection` names are hop-by-hop too; most messages name none.
     let mut named: Vec<&[u8]> = Vec::new();
@@ -288,6 +324,9 @@ fn copy_headers(headers: &[httparse::Header], out: &mut Vec<u8>) -> Result<Field
             fields.chunked = true;
         } else if name.eq_ignore_ascii_case("expect") {
             fields.expect_continue = header.value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("host") {
+            fields.hosts += 1;
+            fields.host_valid = valid_host(header.value);
         }
     }
     for header in headers {
@@ -475,7 +514,7 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
-        assert!(!request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!request("GET / HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!request("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
     }
@@ -483,7 +522,7 @@ mod tests {
     #[test]
     fn absolute_targets_become_origin_form_and_odd_ones_are_refused() {
         assert_eq!(
-            request("GET http://x:1/v2/models?a HTTP/1.1\r\n\r\n").target,
+            request("GET http://x:1/v2/models?a HTTP/1.1\r\nHost: x:1\r\n\r\n").target,
             "/v2/models?a"
         );
         assert!(parse_request(b"OPTIONS * HTTP/1.1\r\n\r\n").is_err());
@@ -493,7 +532,7 @@ mod tests {
     fn ambiguous_or_unsupported_framing_is_refused() {
         let refused: [(&[u8], WireError); 4] = [
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: d\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
                 WireError::AmbiguousLength,
             ),
             (
@@ -514,10 +553,45 @@ mod tests {
         }
         assert_eq!(
             request(
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+                "POST / HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
             )
             .framing,
             Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn http11_requests_need_exactly_one_valid_host() {
+        let refused = |text: &str| match parse_request(text.as_bytes()) {
+            Err(WireError::BadHost(why)) => why,
+            other => panic!("{text:?} gave {other:?}"),
+        };
+        assert!(refused("GET / HTTP/1.1\r\n\r\n").starts_with("missing Host"));
+        assert!(
+            refused("GET http://x/ HTTP/1.1\r\n\r\n").starts_with("missing Host"),
+            "an absolute target does not replace Host"
+        );
+        assert!(
+            refused("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n").starts_with("more than one")
+        );
+        assert!(
+            refused("GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n").starts_with("more than one")
+        );
+        for bad in ["", "a b", "a/b", "user@a", "a:port", "[::1"] {
+            let text = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert!(refused(&text).starts_with("invalid Host"), "{bad:?}");
+        }
+        for good in [
+            "d",
+            "10.0.0.1:8080",
+            "[::1]:80",
+            "dispatcher.imageclassifier.svc",
+        ] {
+            request(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n"));
+        }
+        assert!(
+            request("GET / HTTP/1.0\r\n\r\n").framing == Framing::Empty,
+            "1.0 may omit it"
         );
     }
 

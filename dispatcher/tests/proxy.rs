@@ -478,7 +478,7 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
     assert_eq!(status, "400");
     assert!(error.contains("malformed"), "{error}");
 
-    let mut huge = b"GET /v1/classify HTTP/1.1\r\nX-Big: ".to_vec();
+    let mut huge = b"GET /v1/classify HTTP/1.1\r\nHost: d\r\nX-Big: ".to_vec();
     huge.resize(70 * 1024, b'a');
     huge.extend_from_slice(b"\r\n\r\n");
     let (status, error) = status_and_error(raw(&d.url, &huge).await);
@@ -488,7 +488,8 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
     // The whole body is sent while the answer is refused: the client gets the answer. (The
     // linger that keeps a reset from destroying it matters on real networks; on loopback
     // the answer usually wins that race anyway.)
-    let mut big = b"POST /v1/classify HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    let mut big =
+        b"POST /v1/classify HTTP/1.1\r\nHost: d\r\nContent-Length: 1000000\r\n\r\n".to_vec();
     big.resize(big.len() + 1_000_000, b'x');
     let (status, error) = status_and_error(raw(&d.url, &big).await);
     assert_eq!(
@@ -496,7 +497,8 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
         ("413", "request body is larger than the 100-byte limit")
     );
 
-    let chunked = b"POST /v1/classify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let chunked =
+        b"POST /v1/classify HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
     let (status, error) = status_and_error(raw(&d.url, chunked).await);
     assert_eq!(status, "400");
     assert!(error.contains("chunk"), "{error}");
@@ -508,7 +510,7 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
 
     let probe = raw(
         &d.url,
-        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(
@@ -521,7 +523,7 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
     );
     let head = raw(
         &d.url,
-        b"HEAD /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD /healthz HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(
@@ -541,8 +543,8 @@ async fn clients_stalling_mid_request_get_408_and_idle_connections_stay_open() {
     let d = Dispatcher::start(&[&a], &["--client-timeout-ms", "300"]).await;
     let address = d.url.trim_start_matches("http://").to_string();
     for partial in [
-        &b"POST /v1/classify HTTP/1.1\r\nContent-Le"[..],
-        b"POST /v1/classify HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+        &b"POST /v1/classify HTTP/1.1\r\nHost: d\r\nContent-Le"[..],
+        b"POST /v1/classify HTTP/1.1\r\nHost: d\r\nContent-Length: 10\r\n\r\nabc",
     ] {
         let answer = raw(&d.url, partial).await;
         assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
@@ -554,7 +556,7 @@ async fn clients_stalling_mid_request_get_408_and_idle_connections_stay_open() {
         .expect("connect");
     tokio::time::sleep(Duration::from_millis(700)).await;
     idle.write_all(
-        b"POST /v1/classify HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"POST /v1/classify HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
     )
     .await
     .expect("write after idling");
@@ -565,6 +567,117 @@ async fn clients_stalling_mid_request_get_408_and_idle_connections_stay_open() {
         a.hits.load(Ordering::Relaxed),
         1,
         "only the complete request was forwarded"
+    );
+    d.stop().await;
+}
+
+/// RFC 9112 framings that nginx refuses, each on its own connection: every one gets a 4xx
+/// and the connection closed, and none reaches an upstream (request smuggling starts where
+/// a proxy and its upstream disagree about where a request ends, or whom it is for).
+#[tokio::test]
+async fn requests_with_bad_hosts_or_ambiguous_framing_are_refused_and_never_forwarded() {
+    let a = upstream("a", Duration::ZERO, StatusCode::OK).await;
+    let d = Dispatcher::start(&[&a], &[]).await;
+    let post = "POST /v1/classify HTTP/1.1\r\n";
+    let mut oversized = format!("{post}Host: d\r\nX-Big: ");
+    oversized.push_str(&"a".repeat(70 * 1024));
+    oversized.push_str("\r\n\r\n");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "no Host",
+            format!("{post}Content-Length: 2\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "two Hosts",
+            format!("{post}Host: d\r\nHost: evil\r\nContent-Length: 2\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "invalid Host",
+            format!("{post}Host: a b\r\nContent-Length: 2\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "CL + TE",
+            format!(
+                "{post}Host: d\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            "400",
+        ),
+        (
+            "TE + CL",
+            format!(
+                "{post}Host: d\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"
+            ),
+            "400",
+        ),
+        (
+            "obfuscated TE",
+            format!("{post}Host: d\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+            "400",
+        ),
+        (
+            "TE twice",
+            format!(
+                "{post}Host: d\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            "400",
+        ),
+        (
+            "unknown coding",
+            format!("{post}Host: d\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            "400",
+        ),
+        (
+            "two lengths",
+            format!("{post}Host: d\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "signed length",
+            format!("{post}Host: d\r\nContent-Length: -2\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "bad chunk size",
+            format!("{post}Host: d\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n"),
+            "400",
+        ),
+        (
+            "obs-fold",
+            format!("{post}Host: d\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "NUL",
+            format!("{post}Host: d\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nhi"),
+            "400",
+        ),
+        (
+            "space in a name",
+            format!("{post}Host: d\r\nContent-Length : 2\r\n\r\nhi"),
+            "400",
+        ),
+        ("oversized head", oversized, "431"),
+    ];
+    for (case, request, status) in &cases {
+        let answer = raw(&d.url, request.as_bytes()).await;
+        assert_eq!(answer.get(9..12), Some(*status), "{case}: {answer}");
+        assert!(answer.contains("connection: close\r\n"), "{case}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let error: Value = serde_json::from_str(body).expect("a JSON error body");
+        assert!(error["error"].is_string(), "{case}: {answer}");
+    }
+    assert_eq!(a.hits.load(Ordering::Relaxed), 0, "nothing was forwarded");
+    let http10 = raw(
+        &d.url,
+        b"POST /v1/classify HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert!(
+        http10.starts_with("HTTP/1.1 200 OK"),
+        "HTTP/1.0 may omit Host: {http10}"
     );
     d.stop().await;
 }
