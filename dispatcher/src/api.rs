@@ -30,9 +30,11 @@ use crate::wire::{self, Chunked, Framing, RequestHead, WireError, push_header, p
 
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// How long, and how many bytes at most, a refused request's rest is read before closing.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-const MAX_LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// Longest time the rest of a refused request is read and dropped before closing (nginx's
+/// `lingering_time` is 30 s; an image upload on any real link is done well within this).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest quiet from the client during that linger (nginx's `lingering_timeout`: 5 s).
+const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Handler state; cheap to clone.
 #[derive(Clone, Debug)]
@@ -194,8 +196,10 @@ impl Client {
     }
 
     /// Answers with an error and closes the connection. What the client still sends (the
-    /// rest of a refused body) is read and dropped for a moment first: closing a socket with
-    /// unread input resets it, and the reset can destroy the answer before the client reads it.
+    /// rest of a refused body) is read and dropped first, for at most [`LINGER`], however
+    /// large it is (nginx's lingering close): closing a socket with unread input resets it,
+    /// and a client that writes its whole body before reading (Python's `http.client`, so
+    /// `urllib` and `requests`) then gets a broken pipe instead of the answer.
     async fn refuse(&mut self, response: Response, request_id: Option<&str>) {
         if write_local(&mut self.stream, response, request_id, false, false)
             .await
@@ -204,19 +208,16 @@ impl Client {
             return;
         }
         let _ = self.stream.shutdown().await;
-        let mut drained = 0;
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
-        while drained < MAX_LINGER_BYTES {
-            self.buf.clear();
-            tokio::select! {
-                read = self.fill() => match read {
-                    Ok(true) => drained += self.buf.len(),
+        let linger = async {
+            loop {
+                self.buf.clear();
+                match tokio::time::timeout(LINGER_QUIET, self.fill()).await {
+                    Ok(Ok(true)) => {}
                     _ => return,
-                },
-                () = &mut linger => return,
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
     }
 }
 

@@ -24,7 +24,7 @@ pub enum ProxyError {
     #[error("{0}")]
     BadRequest(String),
     /// The body is over `--max-body-bytes`.
-    #[error("request body is larger than the {0}-byte limit")]
+    #[error("request body is larger than the {0}-byte limit (--max-body-bytes)")]
     TooLarge(usize),
 }
 

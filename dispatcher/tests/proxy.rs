@@ -494,7 +494,10 @@ async fn unreadable_and_oversized_requests_get_json_errors_and_local_routes_answ
     let (status, error) = status_and_error(raw(&d.url, &big).await);
     assert_eq!(
         (status.as_str(), error.as_str()),
-        ("413", "request body is larger than the 100-byte limit")
+        (
+            "413",
+            "request body is larger than the 100-byte limit (--max-body-bytes)"
+        )
     );
 
     let chunked =

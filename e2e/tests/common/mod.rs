@@ -1,4 +1,9 @@
-//! What the checks of `manifests/` share.
+//! What the e2e crate's tests share.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
 
 use std::process::Command;
 

@@ -1,6 +1,7 @@
 //! HTTP routes: the classification API (`/v1/classify`), the Open Inference Protocol (`/v2`),
 //! probes and metrics, as fixed in `shared/DESIGN.md`.
 
+mod body;
 pub mod error;
 mod v1;
 mod v2;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     let counted = Router::new()
         .route("/v1/classify", post(v1::classify))
         .route("/v2/models/{model}/infer", post(v2::infer))
+        .route_layer(middleware::from_fn_with_state(state.clone(), body::limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), track));
     Router::new()
         .merge(counted)

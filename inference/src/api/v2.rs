@@ -5,9 +5,10 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -22,7 +23,27 @@ const MAX_V2_BATCH: usize = 256;
 pub(super) struct InferRequest {
     id: Option<String>,
     inputs: Vec<InputTensor>,
+    /// The outputs the client asks for (all of them when absent).
+    #[serde(default)]
+    outputs: Vec<RequestedOutput>,
 }
+
+#[derive(Debug, Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+/// The protocol's per-tensor parameters; only the ones that change the answer are read.
+#[derive(Debug, Default, Deserialize)]
+struct Parameters {
+    #[serde(default)]
+    binary_data: bool,
+}
+
+/// Header of the binary tensor data extension, which this server does not implement.
+const BINARY_HEADER: &str = "inference-header-content-length";
 
 #[derive(Debug, Deserialize)]
 struct InputTensor {
@@ -52,6 +73,8 @@ pub(super) async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "imageclassifier-inference",
         "version": env!("CARGO_PKG_VERSION"),
+        // None of the protocol's optional extensions (binary_tensor_data, classification,
+        // model_repository, statistics, …) is implemented: tensors travel as JSON.
         "extensions": [],
     }))
 }
@@ -90,11 +113,14 @@ pub(super) async fn model_ready(
 pub(super) async fn infer(
     State(state): State<AppState>,
     Path(model): Path<String>,
-    request: Result<Json<InferRequest>, JsonRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<InferResponse>, ApiError> {
     let received = Instant::now();
     let entry = state.models()?.get(Some(&model))?.clone();
-    let Json(request) = request.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let request = parse_request(&headers, &body)?;
+    let output_name = entry.classifier.network().output_name();
+    check_outputs(&request.outputs, output_name)?;
     let [input] = <[InputTensor; 1]>::try_from(request.inputs).map_err(|inputs| {
         ApiError::bad_request(format!(
             "expected exactly one input tensor, got {}",
@@ -110,12 +136,69 @@ pub(super) async fn infer(
         model_name: entry.classifier.name().to_string(),
         id: request.id,
         outputs: vec![OutputTensor {
-            name: entry.classifier.network().output_name().to_string(),
+            name: output_name.to_string(),
             shape: vec![count, classes],
             datatype: "FP32",
             data: output.rows.concat(),
         }],
     }))
+}
+
+/// The JSON inference request. The protocol's body is JSON whatever the `Content-Type`
+/// says, and common clients (`tritonclient`) send none, so only a type that is not JSON is
+/// refused.
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, ApiError> {
+    if headers.contains_key(BINARY_HEADER) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "binary tensor data (the binary_tensor_data extension) is not supported: send \
+             tensors as JSON (tritonclient: binary_data=False)",
+        ));
+    }
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let essence = value
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unsupported content type '{essence}': the inference request is JSON \
+                     (application/json, or no Content-Type)"
+                ),
+            ));
+        }
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid inference request JSON: {e}")))
+}
+
+/// Requested outputs must exist and be wanted as JSON.
+fn check_outputs(requested: &[RequestedOutput], available: &str) -> Result<(), ApiError> {
+    for output in requested {
+        if output.name != available {
+            return Err(ApiError::bad_request(format!(
+                "unknown output '{}'; the model has '{available}'",
+                output.name
+            )));
+        }
+        if output.parameters.binary_data {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "output '{}' asks for binary data (the binary_tensor_data extension), which \
+                     is not supported: ask for JSON (tritonclient: binary_data=False)",
+                    output.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Turns the one input tensor into preprocessed images, validating shape and datatype.

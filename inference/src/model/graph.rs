@@ -230,6 +230,34 @@ pub struct Network {
     ends_with_softmax: bool,
 }
 
+/// The names the ONNX file gives its graph input and output. burn's front end renames node
+/// outputs (`gemm1_out1` for what the file calls `logits`), and clients of the Open Inference
+/// Protocol ask for tensors by the file's names. Tensor data is not copied (`Bytes` fields).
+fn declared_names(path: &Path) -> Result<(String, String), GraphError> {
+    let parse_error = |message: String| GraphError::Parse {
+        path: path.display().to_string(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| parse_error(e.to_string()))?;
+    let model = <onnx_ir::ModelProto as onnx_ir::Message>::parse_from_tokio_bytes(
+        &bytes::Bytes::from(bytes),
+    )
+    .map_err(|e| parse_error(e.to_string()))?;
+    let graph = &model.graph;
+    // Files from older exporters list the weights among the inputs too.
+    let input = graph
+        .input
+        .iter()
+        .map(|i| &i.name)
+        .find(|name| !graph.initializer.iter().any(|w| &w.name == *name));
+    match (input, graph.output.as_slice()) {
+        (Some(input), [output]) => Ok((input.clone(), output.name.clone())),
+        _ => Err(parse_error(
+            "expected one graph input (besides weights) and one output".into(),
+        )),
+    }
+}
+
 /// What executes the graph.
 #[derive(Debug)]
 enum Engine {
@@ -265,12 +293,14 @@ impl Network {
             Kernels::Native { .. } => FloatDType::F32,
             Kernels::Burn { dtype } => dtype,
         };
-        Builder::new(device.clone(), dtype).build(
+        let mut network = Builder::new(device.clone(), dtype).build(
             &graph.inputs,
             &graph.outputs,
             &graph.nodes,
             kernels,
-        )
+        )?;
+        (network.input_name, network.output_name) = declared_names(path)?;
+        Ok(network)
     }
 
     /// Whether our native CPU kernels run the graph (rather than burn's operations).
