@@ -71,7 +71,7 @@ async fn main() {
     ));
     // The PromQL the adapter renders for that request (objects from Prometheus).
     let promql = format!(
-        "sum(rate(inference_requests_total{{namespace=\"{NAMESPACE}\",pod!=\"\"}}[30s])) by (pod)"
+        "sum(rate(inference_requests_total{{namespace=\"{NAMESPACE}\",pod!=\"\",attempt=\"first\"}}[30s])) by (pod)"
     );
     let direct_url = format!("{url}/api/v1/query");
     let (status, list) = get_json(&client, &adapter_url).await;

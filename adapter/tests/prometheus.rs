@@ -164,7 +164,7 @@ async fn serves_what_prometheus_computes() {
     prometheus.wait_for_steady_rates().await;
     let direct = prometheus
         .query(&format!(
-            "sum(rate(inference_requests_total{{namespace=\"{NAMESPACE}\",pod!=\"\"}}[30s])) by (pod)"
+            "sum(rate(inference_requests_total{{namespace=\"{NAMESPACE}\",pod!=\"\",attempt=\"first\"}}[30s])) by (pod)"
         ))
         .await;
     let path = format!("{V2}/namespaces/{NAMESPACE}/pods/%2A/inference_requests_per_second");

@@ -332,6 +332,7 @@ impl Service {
             target: head.target,
             headers,
             body,
+            attempt: head.attempt,
         };
         let forwarded = self.forward(
             client,
@@ -514,6 +515,11 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let available = state.proxy.retry_budget_available();
+    state
+        .metrics
+        .retry_budget_available
+        .set(i64::try_from(available).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -23,6 +23,8 @@ use crate::connections::Connections;
 
 /// Longest ejection, however often an upstream fails.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Longest time an upstream is taken to refuse work after a 503, whatever its `Retry-After`.
+const MAX_REFUSING: Duration = Duration::from_secs(10);
 
 /// One upstream and what we know about it.
 #[derive(Debug)]
@@ -39,6 +41,8 @@ pub struct Upstream {
     /// End of the current ejection, in nanoseconds since [`EPOCH`] (0: not ejected). Atomic so
     /// picking an upstream reads it without taking the health lock.
     ejected_until: AtomicU64,
+    /// End of the time it is taken to be refusing work after a 503 (same clock).
+    rejecting_until: AtomicU64,
     health: Mutex<Health>,
 }
 
@@ -65,6 +69,10 @@ pub enum Outcome {
     Success,
     /// Connection error, timeout or 5xx: counts towards ejection.
     Failure,
+    /// 503, the upstream's back-pressure: it refuses work for about this long (its
+    /// `Retry-After`). Neither a failure (an overloaded fleet would eject itself) nor a latency
+    /// sample (a fast refusal would make the busiest upstream look the fastest).
+    Rejected(Duration),
 }
 
 /// Marks a request as outstanding on an upstream until dropped.
@@ -98,6 +106,7 @@ impl Upstream {
             address,
             outstanding: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
+            rejecting_until: AtomicU64::new(0),
             health: Mutex::new(Health {
                 ewma: default_rtt.as_secs_f64(),
                 updated: Instant::now(),
@@ -123,6 +132,10 @@ impl Upstream {
     fn is_ejected(&self, now: Instant) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > nanos_since_epoch(now)
+    }
+
+    fn is_rejecting(&self, now: Instant) -> bool {
+        self.rejecting_until.load(Ordering::Relaxed) > nanos_since_epoch(now)
     }
 
     /// Peak-EWMA latency (seconds) decayed to `now`, times the requests it would queue behind.
@@ -221,6 +234,24 @@ impl Balancer {
         })
     }
 
+    /// An upstream for a request another upstream refused with 503: never `exclude`, and only
+    /// one that is neither ejected nor refusing work itself. `None` when there is none: the
+    /// retry would only add load to a pool that is overloaded.
+    pub fn pick_accepting(&self, exclude: &str) -> Option<InFlight> {
+        let now = Instant::now();
+        let all = self.upstreams.load();
+        let accepting: Vec<&Arc<Upstream>> = all
+            .iter()
+            .filter(|u| u.address != exclude && !u.is_ejected(now) && !u.is_rejecting(now))
+            .collect();
+        let chosen = self.choose(&accepting, now)?;
+        chosen.outstanding.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight {
+            upstream: chosen.clone(),
+            started: now,
+        })
+    }
+
     /// The common case without building candidate lists: one upstream, or P2C / round robin
     /// landing on usable (not excluded, not ejected) upstreams. `None` sends the caller to the
     /// general path.
@@ -304,6 +335,13 @@ impl Balancer {
     /// Returns true when this failure ejected the upstream.
     pub fn record(&self, request: &InFlight, outcome: Outcome) -> bool {
         let now = Instant::now();
+        if let Outcome::Rejected(refusing) = outcome {
+            request.upstream.rejecting_until.store(
+                nanos_since_epoch(now + refusing.min(MAX_REFUSING)),
+                Ordering::Relaxed,
+            );
+            return false;
+        }
         let rtt = now.duration_since(request.started).as_secs_f64();
         let mut health = request.upstream.health();
         let elapsed = now.saturating_duration_since(health.updated).as_secs_f64();
@@ -322,6 +360,7 @@ impl Balancer {
                 health.ejections = 0;
                 false
             }
+            Outcome::Rejected(_) => false,
             Outcome::Failure => {
                 health.consecutive_failures += 1;
                 if health.consecutive_failures < self.config.eject_after {

@@ -12,5 +12,6 @@ pub mod discovery;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod retry;
 pub mod server;
 pub mod wire;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub upstreams: IntGaugeVec,
     /// Second attempts made on another upstream.
     pub retries: IntCounter,
+    /// Retries wanted and not made, by reason (`budget`, `no_upstream`).
+    pub retries_denied: IntCounterVec,
+    /// Retries the budget allows now (set when metrics are rendered).
+    pub retry_budget_available: IntGauge,
     /// Requests refused without forwarding, by reason.
     pub rejected: IntCounterVec,
     known: Mutex<BTreeSet<String>>,
@@ -123,6 +127,21 @@ impl Metrics {
         registry
             .register(Box::new(retries.clone()))
             .expect("registered once");
+        let retries_denied = counter_vec(
+            "dispatcher_retries_denied_total",
+            "Retries wanted and not made: \"budget\" (the retry budget is spent), \"no_upstream\" \
+             (no other upstream can take it: none left, ejected, or itself refusing with 503).",
+            &["reason"],
+        );
+        let retry_budget_available = IntGauge::new(
+            "dispatcher_retry_budget_available",
+            "Retries the budget allows now (--retry-budget-percent of the last 10 s of requests, \
+             less the retries made).",
+        )
+        .expect("static metric");
+        registry
+            .register(Box::new(retry_budget_available.clone()))
+            .expect("registered once");
         let rejected = counter_vec(
             "dispatcher_rejected_total",
             "Requests refused without forwarding, by reason.",
@@ -137,6 +156,8 @@ impl Metrics {
             upstream_in_flight,
             upstreams,
             retries,
+            retries_denied,
+            retry_budget_available,
             rejected,
             known: Mutex::new(BTreeSet::new()),
             by_code: (0..600).map(|_| std::sync::OnceLock::new()).collect(),

@@ -2,6 +2,12 @@
 //! once elsewhere when the first upstream could not take it, and hand the answer back for the
 //! body to be streamed to the client.
 //!
+//! Retries are bounded twice, so that an overloaded pool is not handed more work than its
+//! clients send: by the retry budget ([`RetryBudget`], a fraction of recent requests), and,
+//! for a 503 (the inference server's "queue full"), by sending it only to an upstream that is
+//! not refusing work itself; when every other upstream refused recently, the 503 goes back to
+//! the client with its `Retry-After`.
+//!
 //! Request bodies are buffered (bounded by `--max-body-bytes`) because a retry must resend
 //! them; images are small. Response bodies are streamed.
 
@@ -10,13 +16,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
 use crate::connections::Answer;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::wire::{push_header, push_length};
+use crate::retry::RetryBudget;
+use crate::wire::{ATTEMPT, push_header, push_length};
+
+/// How long an upstream that answered 503 without `Retry-After` is taken to refuse work.
+const DEFAULT_REFUSING: Duration = Duration::from_secs(1);
 
 /// A client request as it goes to any upstream: everything but the `Host` line.
 #[derive(Debug)]
@@ -29,12 +38,14 @@ pub struct Outgoing {
     pub headers: Vec<u8>,
     /// The whole body.
     pub body: Bytes,
+    /// Which attempt the first one is (above 1 when the client is a proxy that retried).
+    pub attempt: u32,
 }
 
 impl Outgoing {
-    /// The request's bytes for the upstream whose `Host` value is `host`: one buffer, so a
-    /// small request is one write.
-    fn encode(&self, host: &[u8]) -> Vec<u8> {
+    /// The request's bytes for the upstream whose `Host` value is `host`, as attempt
+    /// `attempt`: one buffer, so a small request is one write.
+    fn encode(&self, host: &[u8], attempt: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.headers.len() + self.body.len());
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
@@ -42,6 +53,13 @@ impl Outgoing {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         push_header(&mut out, b"host", host);
         out.extend_from_slice(&self.headers);
+        if attempt > 1 {
+            push_header(
+                &mut out,
+                ATTEMPT.as_bytes(),
+                itoa::Buffer::new().format(attempt).as_bytes(),
+            );
+        }
         let expects_body = matches!(self.method, Method::POST | Method::PUT | Method::PATCH);
         if expects_body || !self.body.is_empty() {
             push_length(&mut out, self.body.len() as u64);
@@ -67,7 +85,7 @@ pub struct Proxy {
     connect_timeout: Duration,
     balancer: Arc<Balancer>,
     metrics: Arc<Metrics>,
-    budget: TpsBudget,
+    budget: RetryBudget,
     timeout: Duration,
 }
 
@@ -97,14 +115,14 @@ impl Proxy {
             connect_timeout,
             balancer,
             metrics,
-            // 10 s window; at least 10 retries per second even at low traffic.
-            budget: TpsBudget::new(
-                Duration::from_secs(10),
-                10,
-                (retry_percent / 100.0).clamp(0.0, 1000.0),
-            ),
+            budget: RetryBudget::new(f64::from(retry_percent), Duration::from_secs(10)),
             timeout,
         }
+    }
+
+    /// Retries the budget allows now.
+    pub fn retry_budget_available(&self) -> u64 {
+        self.budget.available()
     }
 
     /// Forwards a buffered request, retrying once on another upstream when allowed.
@@ -117,28 +135,41 @@ impl Proxy {
             answer,
             upstream: upstream.clone(),
         };
-        let retry = match self.attempt(request, first, deadline).await? {
+        let retry = match self
+            .attempt(request, first, request.attempt, deadline)
+            .await?
+        {
             Attempt::Answered(answer) => return Ok(answered(answer, &first_upstream)),
             Attempt::Retryable(retry) => retry,
         };
-        let first_address = first_upstream.address.as_str();
-        let another = self
-            .balancer
-            .pick(Some(first_address))
-            .filter(|r| r.upstream().address != first_address);
-        let (Some(second), true) = (another, self.budget.withdraw()) else {
-            return match retry {
-                Retry::Overloaded(answer) => Ok(answered(answer, &first_upstream)),
-                Retry::Failed(reason) => Err(ProxyError::Upstream {
-                    upstream: first_upstream.address.clone(),
-                    reason,
-                }),
-            };
+        let give_up = |retry| match retry {
+            Retry::Overloaded(answer) => Ok(answered(answer, &first_upstream)),
+            Retry::Failed(reason) => Err(ProxyError::Upstream {
+                upstream: first_upstream.address.clone(),
+                reason,
+            }),
         };
+        let first_address = first_upstream.address.as_str();
+        let another = match &retry {
+            Retry::Overloaded(_) => self.balancer.pick_accepting(first_address),
+            Retry::Failed(_) => self
+                .balancer
+                .pick(Some(first_address))
+                .filter(|r| r.upstream().address != first_address),
+        };
+        let Some(second) = another else {
+            self.deny("no_upstream");
+            return give_up(retry);
+        };
+        if !self.budget.withdraw() {
+            self.deny("budget");
+            return give_up(retry);
+        }
         self.metrics.retries.inc();
         let second_upstream = second.upstream().clone();
         tracing::debug!(from = %first_address, to = %second_upstream.address, "retrying on another upstream");
-        match self.attempt(request, second, deadline).await? {
+        let attempt = request.attempt.saturating_add(1);
+        match self.attempt(request, second, attempt, deadline).await? {
             Attempt::Answered(answer) | Attempt::Retryable(Retry::Overloaded(answer)) => {
                 Ok(answered(answer, &second_upstream))
             }
@@ -149,10 +180,18 @@ impl Proxy {
         }
     }
 
+    fn deny(&self, reason: &str) {
+        self.metrics
+            .retries_denied
+            .with_label_values(&[reason])
+            .inc();
+    }
+
     async fn attempt(
         &self,
         request: &Outgoing,
         in_flight: InFlight,
+        attempt: u32,
         deadline: tokio::time::Instant,
     ) -> Result<Attempt, ProxyError> {
         let upstream = in_flight.upstream().clone();
@@ -160,7 +199,7 @@ impl Proxy {
         let host = upstream.header.as_ref().ok_or_else(|| {
             ProxyError::BadRequest(format!("cannot forward to {address}: not a host:port"))
         })?;
-        let bytes = request.encode(host.as_bytes());
+        let bytes = request.encode(host.as_bytes(), attempt);
         let to_head = request.method == Method::HEAD;
         let sent = tokio::time::timeout_at(
             deadline,
@@ -181,17 +220,19 @@ impl Proxy {
                 Attempt::Retryable(Retry::Failed(error.to_string()))
             }
             Ok(Ok(answer)) => {
-                let status = answer.head().status;
+                let head = answer.head();
+                let status = head.status;
                 self.count(address, status.as_str());
-                // 503 is the inference server's back-pressure (queue full): try another pod,
-                // but do not count it towards ejection, or an overloaded fleet would eject
-                // itself. Other 5xx mean the pod is broken.
-                let outcome =
-                    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    };
+                // 503 is the inference server's back-pressure (queue full): another pod may
+                // take it, but it is not a failure (an overloaded fleet would eject itself).
+                // Other 5xx mean the pod is broken.
+                let outcome = if status == StatusCode::SERVICE_UNAVAILABLE {
+                    Outcome::Rejected(head.retry_after.unwrap_or(DEFAULT_REFUSING))
+                } else if status.is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
                 self.balancer.record(&in_flight, outcome);
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     Attempt::Retryable(Retry::Overloaded(answer))

@@ -17,8 +17,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the framing
-/// headers, which each hop writes for itself, `Host`, which the proxy sets per upstream, and
-/// `Expect`, which the dispatcher answers itself.
+/// headers, which each hop writes for itself, `Host`, which the proxy sets per upstream,
+/// `Expect`, which the dispatcher answers itself, and [`ATTEMPT`], which it sets per attempt.
 const NOT_FORWARDED: &[&str] = &[
     "connection",
     "keep-alive",
@@ -32,7 +32,14 @@ const NOT_FORWARDED: &[&str] = &[
     "content-length",
     "host",
     "expect",
+    ATTEMPT,
 ];
+
+/// Which attempt at a client request this is (`2` for the first retry); absent on a first
+/// attempt. Envoy's `x-envoy-attempt-count` has the same meaning. The inference server
+/// counts a request as demand only on its first attempt, so retries do not inflate the
+/// metric the HPA scales on.
+pub const ATTEMPT: &str = "x-attempt-count";
 
 /// A message that cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,6 +102,10 @@ struct Fields {
     /// How many `Host` lines there were, and whether the last one read is a valid value.
     hosts: usize,
     host_valid: bool,
+    /// [`ATTEMPT`], when it is a number.
+    attempt: Option<u32>,
+    /// `Retry-After` in seconds (the HTTP-date form is not read).
+    retry_after: Option<u64>,
 }
 
 /// A parsed request head.
@@ -116,6 +127,9 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The client's `X-Request-Id`, if it sent one.
     pub request_id: Option<String>,
+    /// Which attempt this is, when the client is itself a proxy that retried ([`ATTEMPT`]);
+    /// 1 otherwise.
+    pub attempt: u32,
     /// The end-to-end header lines (`name: value\r\n`), for the upstream.
     pub forwarded: Vec<u8>,
 }
@@ -135,6 +149,8 @@ pub struct ResponseHead {
     pub reusable: bool,
     /// The upstream set `X-Request-Id` itself.
     pub has_request_id: bool,
+    /// `Retry-After`, when given in seconds.
+    pub retry_after: Option<std::time::Duration>,
     /// The end-to-end header lines (`name: value\r\n`), for the client.
     pub forwarded: Vec<u8>,
 }
@@ -179,6 +195,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, WireError> {
         },
         expect_continue: fields.expect_continue,
         request_id,
+        attempt: fields.attempt.unwrap_or(1).max(1),
         forwarded,
     }))
 }
@@ -225,6 +242,7 @@ pub fn parse_response(buf: &[u8], to_head: bool) -> Result<Option<ResponseHead>,
         declared_length: fields.length,
         reusable: keeps_open && framing != Framing::UntilClose,
         has_request_id: fields.request_id.is_some(),
+        retry_after: fields.retry_after.map(std::time::Duration::from_secs),
         forwarded,
     }))
 }
@@ -291,6 +309,8 @@ fn copy_headers(headers: &[httparse::Header], out: &mut Vec<u8>) -> Result<Field
         request_id: None,
         hosts: 0,
         host_valid: false,
+        attempt: None,
+        retry_after: None,
     };
     // Headers that `Connection` names are hop-by-hop too; most messages name none.
     let mut named: Vec<&[u8]> = Vec::new();
@@ -327,6 +347,10 @@ fn copy_headers(headers: &[httparse::Header], out: &mut Vec<u8>) -> Result<Field
         } else if name.eq_ignore_ascii_case("host") {
             fields.hosts += 1;
             fields.host_valid = valid_host(header.value);
+        } else if name.eq_ignore_ascii_case(ATTEMPT) {
+            fields.attempt = number(header.value);
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            fields.retry_after = number(header.value);
         }
     }
     for header in headers {
@@ -370,6 +394,11 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+}
+
+/// A header value that is a decimal number.
+fn number<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 fn parse_length(value: &[u8]) -> Result<u64, WireError> {

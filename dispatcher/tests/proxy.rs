@@ -47,6 +47,7 @@ async fn classify(
             "bytes": body.len(),
             "request_id": header("x-request-id"),
             "keep_alive": header("keep-alive"),
+            "attempt": header("x-attempt-count"),
         })),
     )
 }
@@ -344,17 +345,93 @@ async fn overload_and_missing_upstreams_get_clear_json_errors() {
     );
     d.stop().await;
 
-    // The upstream's own back-pressure (503) is retried elsewhere, and passed through when
-    // every upstream is full.
+    // The upstream's own back-pressure (503) is retried elsewhere, within the budget.
     let full = upstream("full", Duration::ZERO, StatusCode::SERVICE_UNAVAILABLE).await;
     let fine = upstream("fine", Duration::ZERO, StatusCode::OK).await;
-    let d = Dispatcher::start(&[&full, &fine], &["--balance", "round-robin"]).await;
+    let all_retried = ["--balance", "round-robin", "--retry-budget-percent", "100"];
+    let d = Dispatcher::start(&[&full, &fine], &all_retried).await;
     let results = load(&d.url, 20, 1).await;
     assert!(
         results.iter().all(|(s, u)| *s == 200 && *u == fine.address),
         "{results:?}"
     );
+    // A retry says which attempt it is (so the upstream does not count it as new demand);
+    // a client that is itself a retrying proxy has its count carried on.
+    for (sent, expected) in [
+        (None, [None, Some("2")]),
+        (Some("3"), [Some("3"), Some("4")]),
+    ] {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut request = reqwest::Client::new()
+                .post(format!("{}/v1/classify", d.url))
+                .body("x");
+            if let Some(attempt) = sent {
+                request = request.header("x-attempt-count", attempt);
+            }
+            let body: Value = request
+                .send()
+                .await
+                .expect("sent")
+                .json()
+                .await
+                .expect("JSON");
+            seen.push(body["attempt"].as_str().map(str::to_string));
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            expected.map(|e| e.map(str::to_string)),
+            "sent {sent:?}"
+        );
+    }
     d.stop().await;
+    // With the default budget (20 %), at most a fifth of the requests are retried.
+    let d = Dispatcher::start(&[&full, &fine], &["--balance", "round-robin"]).await;
+    let results = load(&d.url, 50, 1).await;
+    let metrics = metrics_of(&d.url).await;
+    let retries = counter(&metrics, "dispatcher_retries_total");
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert!(
+        (5.0..=10.0).contains(&retries),
+        "{retries} retries\n{metrics}"
+    );
+    assert_eq!(ok as f64, 25.0 + retries, "{results:?}");
+    assert!(
+        counter(
+            &metrics,
+            "dispatcher_retries_denied_total{reason=\"budget\"}"
+        ) >= 15.0,
+        "{metrics}"
+    );
+    d.stop().await;
+    // When the other upstream is refusing too, the 503 goes back at once: no retry into a
+    // pool that is overloaded.
+    let full_too = upstream("full", Duration::ZERO, StatusCode::SERVICE_UNAVAILABLE).await;
+    let d = Dispatcher::start(&[&full, &full_too], &all_retried).await;
+    let results = load(&d.url, 20, 1).await;
+    assert!(results.iter().all(|(s, _)| *s == 503), "{results:?}");
+    let metrics = metrics_of(&d.url).await;
+    assert!(
+        counter(&metrics, "dispatcher_retries_total") <= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "dispatcher_retries_denied_total{reason=\"no_upstream\"}"
+        ) >= 19.0,
+        "{metrics}"
+    );
+    d.stop().await;
+}
+
+/// The value of the sample `series` (name and labels as exposed) in `metrics`; 0 when absent.
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().expect("a number"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

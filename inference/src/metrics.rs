@@ -18,11 +18,17 @@ const QUEUE_BUCKETS: &[f64] = &[
 /// Powers of two up to the largest sensible `--max-batch`.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// `attempt` label of a request offered to the service for the first time: demand.
+pub const FIRST_ATTEMPT: &str = "first";
+/// `attempt` label of a request retried here by a proxy after another pod refused it.
+pub const RETRY: &str = "retry";
+
 /// All metrics of one server process, registered in their own registry.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Classification requests (`/v1/classify`, `/v2/models/*/infer`) by HTTP status.
+    /// Classification requests (`/v1/classify`, `/v2/models/*/infer`) by HTTP status and
+    /// attempt ([`FIRST_ATTEMPT`] or [`RETRY`]).
     pub requests: IntCounterVec,
     /// Whole-request latency.
     pub request_duration: Histogram,
@@ -49,9 +55,12 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "inference_requests_total",
-                "Classification requests by HTTP status code.",
+                "Classification requests by HTTP status code, and by attempt: \"first\" for \
+                 demand offered to the service (each client request once, whatever the \
+                 answer), \"retry\" for a request a proxy retried here after another pod \
+                 refused it (X-Attempt-Count above 1). The HPA scales on the first.",
             ),
-            &["code"],
+            &["code", "attempt"],
         )
         .expect("static metric definition");
         let request_duration = histogram(
@@ -127,7 +136,7 @@ mod tests {
     #[test]
     fn exposition_uses_the_contract_names() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["200"]).inc();
+        m.requests.with_label_values(&["200", FIRST_ATTEMPT]).inc();
         m.request_duration.observe(0.012);
         m.queue_duration.observe(0.001);
         m.batch_size.observe(4.0);
@@ -136,7 +145,7 @@ mod tests {
             .set(1);
         let text = m.render();
         for needle in [
-            "inference_requests_total{code=\"200\"} 1",
+            "inference_requests_total{attempt=\"first\",code=\"200\"} 1",
             "inference_request_duration_seconds_bucket{le=\"0.015\"} 1",
             "inference_queue_duration_seconds_count 1",
             "inference_batch_size_sum 4",

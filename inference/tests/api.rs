@@ -223,11 +223,11 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
         .await
         .expect("text");
     for line in [
-        "inference_requests_total{code=\"200\"} 1",
-        "inference_requests_total{code=\"400\"}",
-        "inference_requests_total{code=\"413\"} 1",
-        "inference_requests_total{code=\"415\"} 3",
-        "inference_requests_total{code=\"404\"} 1",
+        "inference_requests_total{attempt=\"first\",code=\"200\"} 1",
+        "inference_requests_total{attempt=\"first\",code=\"400\"}",
+        "inference_requests_total{attempt=\"first\",code=\"413\"} 1",
+        "inference_requests_total{attempt=\"first\",code=\"415\"} 3",
+        "inference_requests_total{attempt=\"first\",code=\"404\"} 1",
     ] {
         assert!(
             metrics.contains(line),

@@ -84,8 +84,14 @@ fn exposition(pods: &[Pod], elapsed: f64, late: bool) -> String {
     let mut text = String::from("# TYPE inference_requests_total counter\n");
     for (pod, tier, rate, _) in pods {
         text += &format!(
-            "inference_requests_total{{namespace=\"{NAMESPACE}\",pod=\"{pod}\",app=\"inference\",tier=\"{tier}\",code=\"200\"}} {}\n",
+            "inference_requests_total{{namespace=\"{NAMESPACE}\",pod=\"{pod}\",app=\"inference\",tier=\"{tier}\",code=\"200\",attempt=\"first\"}} {}\n",
             (rate * elapsed).floor()
+        );
+        // Retries a dispatcher made to this pod: served here, but not new demand, so the
+        // default rule leaves them out (ten times the demand, to make a mistake obvious).
+        text += &format!(
+            "inference_requests_total{{namespace=\"{NAMESPACE}\",pod=\"{pod}\",app=\"inference\",tier=\"{tier}\",code=\"200\",attempt=\"retry\"}} {}\n",
+            (10.0 * rate * elapsed).floor()
         );
     }
     text += "# TYPE inference_in_flight_requests gauge\n";
@@ -211,7 +217,9 @@ impl Prometheus {
     /// divides by the whole range, so this takes about 30 s after the first scrape).
     pub async fn wait_for_steady_rates(&self) {
         wait_for("steady rates", Duration::from_secs(60), || async {
-            let samples = self.query("rate(inference_requests_total[30s])").await;
+            let samples = self
+                .query("rate(inference_requests_total{attempt=\"first\"}[30s])")
+                .await;
             samples.len() == PODS.len()
                 && samples.iter().all(|(labels, _, value)| {
                     PODS.iter()
@@ -230,7 +238,7 @@ impl Prometheus {
     /// Waits until `pods` pods have enough samples for a 30 s rate.
     pub async fn wait_for_series(&self, pods: usize) {
         wait_for("rates in Prometheus", Duration::from_secs(30), || async {
-            self.query("rate(inference_requests_total[30s])")
+            self.query("rate(inference_requests_total{attempt=\"first\"}[30s])")
                 .await
                 .len()
                 == pods

@@ -49,10 +49,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts and times classification requests (`inference_requests_total{code}`, duration,
+/// Counts and times classification requests (`inference_requests_total{code,attempt}`, duration,
 /// in-flight). The in-flight gauge is decremented by a guard, so a client that disconnects
 /// mid-request does not leave it high.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let attempt = if is_retry(request.headers()) {
+        crate::metrics::RETRY
+    } else {
+        crate::metrics::FIRST_ATTEMPT
+    };
     struct InFlight<'a>(&'a prometheus::IntGauge);
     impl Drop for InFlight<'_> {
         fn drop(&mut self) {
@@ -66,12 +71,23 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     let response = next.run(request).await;
     metrics
         .requests
-        .with_label_values(&[response.status().as_str()])
+        .with_label_values(&[response.status().as_str(), attempt])
         .inc();
     metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Whether a proxy retried this request here after another pod refused it
+/// (`X-Attempt-Count` above 1, set by the dispatcher on a retry). Such a request was already
+/// counted as demand where it first went.
+fn is_retry(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("x-attempt-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|attempt| attempt > 1)
 }
 
 /// Liveness: the process serves HTTP.
