@@ -22,6 +22,9 @@ export GOMODCACHE ?= $(CACHE)/go-mod
 export GOCACHE ?= $(CACHE)/go-build
 export K8S_SCHEMAS ?= $(CACHE)/k8s-schemas
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
+# The one release build every target uses: binaries and examples of the whole workspace with one
+# feature set, so no target rebuilds burn and friends with a different one (`-p` builds would).
+RELEASE_BUILD := cargo build --release --workspace --bins --examples
 
 # $(call need,TOOL,where to get it): stop with a clear message when a prerequisite is missing.
 need = @command -v $(1) >/dev/null || { echo "make $@: needs $(1) ($(2))" >&2; exit 1; }
@@ -56,9 +59,9 @@ schemas: ## the OpenAPI schemas of the Kubernetes releases the manifests support
 	e2e/k8s-schemas.sh
 
 .PHONY: build
-build: ## release build of every binary
+build: ## release build of every binary (and the benchmark examples)
 	$(call need,cargo,$(CARGO_URL))
-	cargo build --release --workspace
+	$(RELEASE_BUILD)
 
 .PHONY: fmt
 fmt: ## format the code
@@ -79,7 +82,7 @@ check-features: ## the wgpu and cuda backends compile
 .PHONY: test
 test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests, the local stack, the e2e on the local cluster (root)
 	cargo test --workspace --all-targets
-	shellcheck e2e/*.sh e2e/cluster/*.sh
+	shellcheck e2e/*.sh e2e/cluster/*.sh dispatcher/bench/*.sh loadgen/bench/*.sh inference/scripts/*.sh
 	$(MAKE) local-test
 	$(MAKE) e2e-local
 
@@ -87,7 +90,7 @@ E2E_MODELS := $(CARGO_TARGET_DIR)/e2e-models
 
 .PHONY: local
 local: ## the whole data path as local processes: Prometheus, 3 inference servers, dispatcher, adapter, loadgen (needs make model)
-	cargo build --release --workspace --bins
+	$(RELEASE_BUILD)
 	BIN=$(RELEASE_BIN) MODELS=$(MODELS) e2e/local-stack.sh
 
 .PHONY: local-test
@@ -116,12 +119,12 @@ else
 	  mv $(MODELS)/resnet50.onnx.part $(MODELS)/resnet50.onnx; \
 	fi
 endif
-	cargo build --release --workspace --bins
+	$(RELEASE_BUILD)
 	$(RELEASE_BIN)/inference import $(MODELS)/resnet50.onnx --name resnet50 --labels imagenet
 
 .PHONY: serve
 serve: ## run the inference server on :8080 with the model from `make model`
-	cargo build --release --workspace --bins
+	$(RELEASE_BUILD)
 	$(RELEASE_BIN)/inference serve --listen 0.0.0.0:8080 --model $(MODELS)
 
 .PHONY: cluster
@@ -140,7 +143,7 @@ images: ## build imageclassifier/<component>:dev with the engine DOCKER_HOST poi
 images-from-host: ## the same runtime images from binaries built here (cargo build --release), without compiling in a container
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "no container engine answers (DOCKER_HOST=$${DOCKER_HOST:-unset})" >&2; exit 1; }
 	@ls $(MODELS)/*.json >/dev/null 2>&1 || { echo "no model in $(MODELS)/: run make model first" >&2; exit 1; }
-	cargo build --release --workspace --bins
+	$(RELEASE_BUILD)
 	tmp=$$(mktemp -d) && cp $(addprefix $(RELEASE_BIN)/,$(IMAGES)) $$tmp/ \
 	  && printf 'FROM debian:bookworm-slim\nCOPY . /out/\n' > $$tmp/Dockerfile \
 	  && DOCKER_BUILDKIT=1 $(DOCKER) build -q -t imageclassifier/host-binaries:dev $$tmp; status=$$?; rm -rf $$tmp; exit $$status
@@ -148,8 +151,8 @@ images-from-host: ## the same runtime images from binaries built here (cargo bui
 	  --target $$image -t imageclassifier/$$image:dev . || exit 1; done
 
 .PHONY: containers
-containers: ## container smoke test: the local stack run from the images, host networking, non-root, read-only (e2e/containers.sh)
-	DOCKER=$(DOCKER) MODELS=$(abspath $(MODELS)) e2e/containers.sh
+containers: ## container smoke test: the local stack run from the images, host networking, non-root, read-only; makes the model first if there is none (OFFLINE=1: random weights) (e2e/containers.sh)
+	DOCKER=$(DOCKER) MODELS=$(abspath $(MODELS)) OFFLINE=$(OFFLINE) e2e/containers.sh
 
 .PHONY: deploy
 deploy: ## apply manifests/ to the current kubectl context
@@ -194,21 +197,26 @@ clean: ## remove build outputs and e2e results (keeps models/)
 
 .PHONY: bench-adapter
 bench-adapter: ## adapter overhead over Prometheus for a 100-pod metric, and its memory (docs/PERFORMANCE.md)
-	cargo build --release -p adapter --bin metrics-adapter
-	ADAPTER_BIN=$(RELEASE_BIN)/metrics-adapter cargo run --release -p adapter --example bench_overhead
+	$(RELEASE_BUILD)
+	ADAPTER_BIN=$(RELEASE_BIN)/metrics-adapter $(RELEASE_BIN)/examples/bench_overhead
 
 .PHONY: bench-dispatcher
 bench-dispatcher: ## dispatcher vs nginx proxy_pass, and the slow-backend experiment (needs nginx, wrk)
-	cargo build --release -p dispatcher --bins --examples
+	$(RELEASE_BUILD)
 	dispatcher/bench/compare.sh
+
+.PHONY: bench-overload
+bench-overload: ## overload at 2x and 3x a fixed-capacity pool: retries per request, goodput, p99 (DISPATCHERS="a=bin b=bin" compares builds)
+	$(RELEASE_BUILD)
+	dispatcher/bench/overload.sh
 
 .PHONY: bench-loadgen
 bench-loadgen: ## loadgen vs oha and wrk, and open-loop accuracy (needs nginx, wrk, oha)
-	cargo build --release -p loadgen
+	$(RELEASE_BUILD)
 	loadgen/bench/compare.sh
 
 .PHONY: bench
 bench: deps ## model-only speed: burn vs ONNX Runtime on the same ONNX file, same machine
-	cargo build --release --workspace --bins
+	$(RELEASE_BUILD)
 	$(RELEASE_BIN)/inference bench --model $(MODELS) --batch-sizes 1,8,32
 	$(PYTHON) inference/scripts/bench_ort.py $(MODELS)/resnet50.onnx --batch-sizes 1,8,32

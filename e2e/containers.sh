@@ -7,7 +7,8 @@
 # container it started, and the daemon if it started it.
 #
 # Environment: DOCKER (CLI, default docker), IMAGES_FROM=host|source (default host: runtime
-# images from binaries built here, `make images-from-host`; source: `make images`), MODELS,
+# images from binaries built here, `make images-from-host`; source: `make images`), MODELS
+# (made with `make model` when empty), OFFLINE (1: that model has random weights, no download),
 # and what e2e/local-stack.sh reads (RATE, DURATION, KEEP).
 set -euo pipefail
 
@@ -28,6 +29,13 @@ cleanup() {
 trap cleanup EXIT
 
 docker_engine_start "$wrappers" || fail "no docker engine"
+
+# The inference image carries the model: make the default one first when there is none, as
+# `make e2e` does (OFFLINE=1: ResNet50 with random weights, no download).
+if ! ls "$models"/*.json >/dev/null 2>&1; then
+  echo "containers: no model in $models/: make model${OFFLINE:+ OFFLINE=$OFFLINE}"
+  make -C "$root" model MODELS="$models" ${OFFLINE:+OFFLINE="$OFFLINE"}
+fi
 
 case "${IMAGES_FROM:-host}" in
   host) ONLY=runtime "$root/e2e/offline-base-images.sh"; make -C "$root" images-from-host DOCKER="$docker" ;;

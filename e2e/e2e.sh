@@ -94,7 +94,7 @@ trap 'exit 143' TERM
 
 # One release build for every binary (the images, loadgen and the model import share it).
 say "building the release binaries"
-cargo build --release --workspace --bins
+cargo build --release --workspace --bins --examples
 release=${CARGO_TARGET_DIR:-$root/target}/release
 loadgen=$release/loadgen
 

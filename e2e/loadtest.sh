@@ -32,7 +32,7 @@ context_args=()
 loadgen=${LOADGEN:-}
 if [ -z "$loadgen" ]; then
   need cargo "https://rustup.rs"
-  (cd "$root" && cargo build --release -p loadgen --quiet)
+  (cd "$root" && cargo build --release --workspace --bins --examples --quiet)
   loadgen=${CARGO_TARGET_DIR:-$root/target}/release/loadgen
 fi
 

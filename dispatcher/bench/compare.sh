@@ -4,14 +4,16 @@
 #     directly, through nginx `proxy_pass` (keep-alive upstream), and through the dispatcher.
 #  2. One slow backend: 4 fake upstreams (10 ms), one of them 10x slower for the middle of the
 #     run; p50/p95/p99/p99.9 for each balancing policy.
-# Needs: nginx (Debian nginx-light), wrk, ss (iproute2), a release build (`cargo build --release -p dispatcher --bins --examples`).
+# Needs: nginx (Debian nginx-light), wrk, ss (iproute2), a release build (`make build`).
 set -euo pipefail
 target=${CARGO_TARGET_DIR:-target}/release
 seconds=${SECONDS_PER_RUN:-10}
 connections=${CONNECTIONS:-32}
 for tool in nginx wrk ss; do command -v $tool >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk iproute2)" >&2; exit 1; }; done
-[ -x "$target/dispatcher" ] && [ -x "$target/examples/fake_upstream" ] \
-  || { echo "build first: cargo build --release -p dispatcher --bins --examples" >&2; exit 1; }
+if [ ! -x "$target/dispatcher" ] || [ ! -x "$target/examples/fake_upstream" ]; then
+  echo "build first: make build" >&2
+  exit 1
+fi
 
 work=$(mktemp -d)
 pids=()

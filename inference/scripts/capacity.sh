@@ -10,7 +10,7 @@ seconds=${2:-20}
 bin=${CARGO_TARGET_DIR:-target}/release/inference
 port=${PORT:-18080}
 command -v wrk >/dev/null || { echo "capacity.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
-[ -x "$bin" ] || { echo "build first: cargo build --release -p inference" >&2; exit 1; }
+[ -x "$bin" ] || { echo "build first: make build" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -4,13 +4,13 @@
 #     connections, same body, same duration.
 #  2. Open-loop accuracy: achieved vs asked rate at 1k and 10k requests/s.
 # Needs: nginx (Debian nginx-light), wrk, oha (`cargo install oha`), python3,
-# and `cargo build --release -p loadgen`.
+# and `make build`.
 set -euo pipefail
 target=${CARGO_TARGET_DIR:-target}/release
 seconds=${SECONDS_PER_RUN:-6}
 connections=${CONNECTIONS:-64}
 for tool in nginx wrk oha python3; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
-[ -x "$target/loadgen" ] || { echo "build first: cargo build --release -p loadgen" >&2; exit 1; }
+[ -x "$target/loadgen" ] || { echo "build first: make build" >&2; exit 1; }
 
 work=$(mktemp -d)
 pids=()

@@ -58,17 +58,21 @@ struct ResourceMapper {
 /// Why the rules file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
-    /// The file could not be read.
-    #[error("cannot read rules file {path}: {source}")]
+    /// The file could not be read. (The causes below are part of the message, not a
+    /// `source`: an error chain printed whole would otherwise name them twice.)
+    #[error(
+        "cannot read rules file {path}: {error} (give the rules with --config or ADAPTER_CONFIG; \
+         the default rules are manifests/adapter/rules.yaml)"
+    )]
     Read {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The YAML does not have the expected shape.
     #[error("rules file is not valid: {0}")]
-    Yaml(#[from] serde_norway::Error),
+    Yaml(serde_norway::Error),
     /// One rule is wrong.
     #[error("{rule} (seriesQuery {series_query:?}): {problem}")]
     Rule {
@@ -87,16 +91,16 @@ pub enum RulesError {
 impl Rules {
     /// Reads and compiles a rules file.
     pub fn load(path: &Path) -> Result<Self, RulesError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| RulesError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(&text)
     }
 
     /// Compiles rules from YAML text.
     pub fn parse(text: &str) -> Result<Self, RulesError> {
-        let file: RulesFile = serde_norway::from_str(text)?;
+        let file: RulesFile = serde_norway::from_str(text).map_err(RulesError::Yaml)?;
         if !file.external_rules.is_empty() || file.resource_rules.is_some() {
             tracing::warn!(
                 "externalRules and resourceRules are accepted for compatibility but not served: \

@@ -224,3 +224,15 @@ fn rendering_fills_the_template() {
         r#"sum(rate(http_requests_total{namespace="prod",pod=~"web\\-1|web\\-2"}[2m])) by (pod)"#
     );
 }
+
+#[test]
+fn a_missing_rules_file_is_named_once_with_the_flag_that_sets_it() {
+    let error = Rules::load(std::path::Path::new("/nonexistent/rules.yaml")).expect_err("missing");
+    // As the binary prints it: the whole chain.
+    let printed = format!("{:#}", anyhow::Error::from(error));
+    assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
+    assert!(
+        printed.contains("/nonexistent/rules.yaml") && printed.contains("--config"),
+        "{printed}"
+    );
+}

@@ -334,14 +334,14 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// Hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, SpecError> {
-    let mut file = std::fs::File::open(path).map_err(|source| SpecError::Io {
+    let mut file = std::fs::File::open(path).map_err(|error| SpecError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|source| SpecError::Io {
+    std::io::copy(&mut file, &mut hasher).map_err(|error| SpecError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     Ok(format!("{:x}", hasher.finalize()))
 }

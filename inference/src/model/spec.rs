@@ -72,19 +72,15 @@ pub struct ModelSpec {
 /// Why a model description is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read. (Causes are part of the message, not a `source`: an
+    /// error chain printed whole would otherwise name them twice.)
+    #[error("cannot read {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     /// The file is not a valid description.
-    #[error("{path} is not a valid model description: {source}")]
+    #[error("{path} is not a valid model description: {error}")]
     Json {
         path: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A value is out of range.
     #[error("invalid model description: {0}")]
@@ -94,13 +90,13 @@ pub enum SpecError {
 impl ModelSpec {
     /// Reads and validates a description; relative paths are resolved against its folder.
     pub fn read(path: &Path) -> Result<(Self, PathBuf), SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
-        let spec: Self = serde_json::from_str(&text).map_err(|source| SpecError::Json {
+        let spec: Self = serde_json::from_str(&text).map_err(|error| SpecError::Json {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         spec.validate()?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -139,9 +135,9 @@ impl ModelSpec {
             return Ok(IMAGENET_TSV.to_owned());
         }
         let path = dir.join(&self.labels);
-        std::fs::read_to_string(&path).map_err(|source| SpecError::Io {
+        std::fs::read_to_string(&path).map_err(|error| SpecError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })
     }
 }
