@@ -31,9 +31,8 @@ need = @command -v $(1) >/dev/null || { echo "make $@: needs $(1) ($(2))" >&2; e
 CARGO_URL := https://rustup.rs
 KUBECTL_URL := https://kubernetes.io/docs/tasks/tools/
 
-# Pretrained ResNet50 (torchvision layout, exported by the ONNX model zoo, opset 17).
-RESNET50_URL ?= https://github.com/onnx/models/raw/main/Computer_Vision/resnet50_Opset17_torch_hub/resnet50_Opset17.onnx
-RESNET50_SHA256 := eb6eabe74f278fb55336e49e639b2367dda69f6f3b0d86dea7ffa9d55e6a0939
+# Real photos a trained ImageNet classifier recognises; `make model` refuses a download that does not.
+VERIFY_PHOTOS := inference/photos
 
 .PHONY: help
 help: ## list the targets
@@ -103,24 +102,20 @@ local-test: ## the local stack with debug binaries and a random-weight ResNet50 
 	BIN=$(CARGO_TARGET_DIR)/debug MODELS=$(E2E_MODELS) e2e/local-stack.sh
 
 .PHONY: model
-model: ## fetch + import pretrained ResNet50 into $(MODELS)/ (OFFLINE=1: random weights, no internet)
+model: ## fetch + import pretrained ResNet50 into $(MODELS)/, checked on real photos (OFFLINE=1: random weights, no internet)
 	$(call need,cargo,$(CARGO_URL))
 	mkdir -p $(MODELS)
 ifeq ($(OFFLINE),1)
 	$(call need,$(PYTHON),Python 3.10+ with pip)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check onnx numpy
 	$(PYTHON) inference/scripts/make_resnet_onnx.py --arch resnet50 --out $(MODELS)/resnet50.onnx
-else
-	$(call need,curl,your distribution's curl package)
-	@if ! echo "$(RESNET50_SHA256)  $(MODELS)/resnet50.onnx" | sha256sum --check --status 2>/dev/null; then \
-	  echo "downloading $(RESNET50_URL)"; \
-	  curl -fL --retry 3 -o $(MODELS)/resnet50.onnx.part "$(RESNET50_URL)" && \
-	  echo "$(RESNET50_SHA256)  $(MODELS)/resnet50.onnx.part" | sha256sum --check && \
-	  mv $(MODELS)/resnet50.onnx.part $(MODELS)/resnet50.onnx; \
-	fi
-endif
 	$(RELEASE_BUILD)
 	$(RELEASE_BIN)/inference import $(MODELS)/resnet50.onnx --name resnet50 --labels imagenet
+else
+	inference/scripts/fetch-resnet50.sh $(MODELS)/resnet50.onnx
+	$(RELEASE_BUILD)
+	$(RELEASE_BIN)/inference import $(MODELS)/resnet50.onnx --name resnet50 --labels imagenet --verify-with $(VERIFY_PHOTOS)
+endif
 
 .PHONY: serve
 serve: ## run the inference server on :8080 with the model from `make model`

@@ -88,7 +88,7 @@ def block(g, x, cin, width, stride, kind):
     return g.op("Relu", [g.op("Add", [y, shortcut])]), cout
 
 
-def build(arch, classes, seed, batch):
+def build(arch, classes, seed, batch, zoo=False):
     kind, stages = ARCHS[arch]
     g = Graph(np.random.default_rng(seed))
     x = g.op("Relu", [g.bn(g.conv("input", 3, 64, 7, 2, 3), 64)])
@@ -105,14 +105,25 @@ def build(arch, classes, seed, batch):
     b = g.rng.normal(0.0, 0.01, size=classes)
     g.nodes.append(helper.make_node("Gemm", [x, g.const("fc_w", w), g.const("fc_b", b)], ["logits"], transB=1))
     n = batch if batch > 0 else "N"
+    # The ONNX model zoo's ResNet50-v1-12 (what `make model` downloads) names its tensors
+    # `data` and `resnetv17_dense0_fwd`, is opset 12 / IR 7, and, as older exporters did,
+    # lists its weights among the graph inputs; `zoo` mimics that interface.
+    input_name, output_name = ("data", "resnetv17_dense0_fwd") if zoo else ("input", "logits")
+    g.nodes[-1].output[0] = output_name
+    renamed = [node for node in g.nodes if "input" in node.input]
+    for node in renamed:
+        node.input[list(node.input).index("input")] = input_name
+    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [n, 3, 224, 224])]
+    if zoo:
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.inits]
     graph = helper.make_graph(
-        g.nodes, arch,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [n, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [n, classes])],
+        g.nodes, arch, inputs,
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [n, classes])],
         g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="imageclassifier")
-    model.ir_version = 8
+    opset, ir_version = (12, 7) if zoo else (17, 8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="imageclassifier")
+    model.ir_version = ir_version
     onnx.checker.check_model(model)
     return model
 
@@ -123,9 +134,12 @@ def main():
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=0, help="fixed batch size; 0 = dynamic")
+    parser.add_argument("--zoo", action="store_true",
+                        help="the interface of the ONNX model zoo's ResNet50-v1-12: tensors `data` and "
+                             "`resnetv17_dense0_fwd`, opset 12, weights also listed as graph inputs")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    onnx.save(build(args.arch, args.classes, args.seed, args.batch), args.out)
+    onnx.save(build(args.arch, args.classes, args.seed, args.batch, args.zoo), args.out)
     print(f"wrote {args.out} ({args.arch}, {args.classes} classes, random weights, seed {args.seed})")
 
 

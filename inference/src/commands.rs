@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::config::{ClassifyArgs, DEFAULT_MODELS, ImportArgs, ModelArgs};
+use crate::eval::classes::ModelClasses;
 use crate::model::spec::IMAGENET_LABELS;
 use crate::model::{Classifier, ModelSpec, Preprocess, find_specs, sha256_file};
+use crate::verify;
 
 /// Loads the model called `name` (or the first one) from `--model`.
 pub fn load_model(args: &ModelArgs, name: Option<&str>) -> anyhow::Result<Classifier> {
@@ -124,6 +126,22 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
     let label_list = spec.load_labels(&dir)?;
     let model = Classifier::from_parts(spec.clone(), onnx, label_list, args.device)
         .with_context(|| format!("{} cannot be served", onnx.display()))?;
+    if let Some(photos) = &args.verify_with {
+        let ids = spec.load_label_ids(&dir)?;
+        let classes = ModelClasses {
+            labels: model.labels(),
+            ids: &ids,
+        };
+        let outcomes = verify::verify(&model, classes, photos, usize::from(args.verify_top))
+            .with_context(|| format!("{} was not imported", onnx.display()))?;
+        for outcome in outcomes {
+            println!(
+                "verified {}: {}",
+                outcome.photo,
+                verify::describe(&outcome.top)
+            );
+        }
+    }
     let out = dir.join(format!("{name}.json"));
     std::fs::write(&out, serde_json::to_string_pretty(&spec)? + "\n")
         .with_context(|| format!("cannot write {}", out.display()))?;

@@ -193,6 +193,15 @@ pub struct ImportArgs {
     /// Backend used to check that the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// A folder of photos with known classes (`expected.tsv`: `file<TAB>class|class|…`); the
+    /// import fails, writing nothing, unless each photo's top `--verify-top` holds one of its
+    /// classes: proof that the weights are trained ones. `inference/photos` has two for
+    /// ImageNet models (`make model` uses it).
+    #[arg(long, value_name = "DIR")]
+    pub verify_with: Option<PathBuf>,
+    /// How many of the best classes `--verify-with` looks at.
+    #[arg(long, default_value_t = 5, requires = "verify_with", value_parser = clap::value_parser!(u16).range(1..))]
+    pub verify_top: u16,
 }
 
 /// `inference eval`.

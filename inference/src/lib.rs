@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod state;
+pub mod verify;
 
 use config::{Cli, Command};
 

@@ -186,3 +186,107 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         "no longer listening"
     );
 }
+
+/// The shipped verification photos (`inference/photos`).
+fn photos() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/photos").to_string()
+}
+
+#[test]
+fn import_verify_with_refuses_a_random_weight_model_and_writes_nothing() {
+    // The fixture ResNet50 has seeded random weights, like `make model OFFLINE=1`'s.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("random50.onnx");
+    std::fs::copy(common::models().join("resnet50.onnx"), &onnx).expect("copy");
+    let out = run(&[
+        "import",
+        onnx.to_str().expect("UTF-8"),
+        "--verify-with",
+        &photos(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a random model passed: {stderr}");
+    for needle in [
+        "was not imported",
+        "does not recognise the verification photos",
+        "chelsea.jpg: expected one of [tabby, tabby cat; tiger cat; Egyptian cat] in the top 5, got [",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} in:\n{stderr}");
+    }
+    assert!(
+        !dir.path().join("random50.json").exists(),
+        "a model that failed verification is not imported"
+    );
+}
+
+#[test]
+fn import_verify_with_passes_a_model_that_recognises_the_photos() {
+    // A classifier whose right answers are known by construction (dominant colour), and
+    // photos of each colour: the same check, with a model that does know its classes.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("colours.onnx");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_colour_onnx.py");
+    common::python(&[script, "--out", onnx.to_str().expect("UTF-8")]);
+    let labels = dir.path().join("colours.txt");
+    std::fs::write(&labels, "red\ngreen\nblue\n").expect("labels");
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).expect("mkdir");
+    for (name, pixel) in [
+        ("red", [200, 40, 30]),
+        ("green", [30, 190, 60]),
+        ("blue", [20, 50, 210]),
+    ] {
+        let image = image::RgbImage::from_pixel(40, 30, image::Rgb(pixel));
+        image
+            .save(photos.join(format!("{name}.png")))
+            .expect("save photo");
+    }
+    let import = |expected: &str| {
+        std::fs::write(photos.join("expected.tsv"), expected).expect("expected.tsv");
+        run(&[
+            "import",
+            onnx.to_str().expect("UTF-8"),
+            "--labels",
+            labels.to_str().expect("UTF-8"),
+            "--input-size",
+            "32",
+            "--resize-shorter",
+            "32",
+            "--verify-with",
+            photos.to_str().expect("UTF-8"),
+            "--verify-top",
+            "1",
+        ])
+    };
+    let wrong = import("red.png\tblue\ngreen.png\tgreen\n");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success(), "a wrong expectation passed");
+    assert!(
+        stderr.contains("red.png: expected one of [blue] in the top 1, got [red "),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("colours.json").exists());
+
+    let right = import("# comment\nred.png\tred|0\ngreen.png\tgreen\nblue.png\t2\n");
+    let stdout = String::from_utf8_lossy(&right.stdout);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    for photo in ["red", "green", "blue"] {
+        assert!(
+            stdout.contains(&format!("verified {photo}.png: {photo} ")),
+            "{stdout}"
+        );
+    }
+    assert!(dir.path().join("colours.json").exists());
+
+    let unknown = import("red.png\tpurple\n");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("expected.tsv:1: no model label matches \"purple\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}

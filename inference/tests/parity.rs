@@ -333,3 +333,49 @@ fn graphs_outside_the_native_engine_fall_back_to_burn() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "max |Δlogit| {worst}");
 }
+
+/// The interface of the pretrained file `make model` downloads (the ONNX model zoo's
+/// ResNet50-v1-12: tensors `data` and `resnetv17_dense0_fwd`, opset 12, weights also listed
+/// among the graph inputs), on a ResNet18-shaped graph: it imports, computes what ONNX Runtime
+/// computes, and keeps the file's tensor names.
+#[test]
+fn a_model_with_the_zoo_files_interface_imports_and_matches_onnx_runtime() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("zoo.onnx");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make_resnet_onnx.py");
+    let onnx_arg = onnx.to_str().expect("UTF-8");
+    common::python(&[
+        script,
+        "--arch",
+        "resnet18",
+        "--classes",
+        "10",
+        "--zoo",
+        "--out",
+        onnx_arg,
+    ]);
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, common::DEMO_LABELS.join("\n")).expect("labels");
+    common::import(&[onnx_arg, "--labels", labels.to_str().expect("UTF-8")]);
+    let model = Classifier::load(&dir.path().join("zoo.json"), DeviceChoice::Cpu).expect("loads");
+    assert_eq!(
+        (model.network().input_name(), model.network().output_name()),
+        ("data", "resnetv17_dense0_fwd")
+    );
+    let batch = inputs(2, 224);
+    let ours = model.infer(&batch).expect("forward pass");
+    let reference = onnx_runtime_logits(&onnx, &batch);
+    for (i, row) in ours.iter().enumerate() {
+        let expected = &reference[i * 10..(i + 1) * 10];
+        let worst = row
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= LOGIT_BOUND * std_dev(expected).max(1.0),
+            "image {i}: max |Δlogit| {worst}"
+        );
+        assert_eq!(top5(row), top5(expected), "image {i}");
+    }
+}
