@@ -3,8 +3,9 @@
 //! body to be streamed to the client.
 //!
 //! Retries are bounded twice, so that an overloaded pool is not handed more work than its
-//! clients send: by the retry budget ([`RetryBudget`], a fraction of recent requests), and,
-//! for a 503 (the inference server's "queue full"), by sending it only to an upstream that is
+//! clients send: by the retry budget ([`RetryBudget`], a fraction of recent requests; a request
+//! that reached no upstream, its connection refused or timed out, did no work anywhere and is
+//! retried without spending it), and, for a 503 (the inference server's "queue full"), by sending it only to an upstream that is
 //! not refusing work itself; when every other upstream refused recently, the 503 goes back to
 //! the client with its `Retry-After`.
 //!
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use crate::balancer::{Balancer, InFlight, Outcome, Upstream};
-use crate::connections::Answer;
+use crate::connections::{Answer, SendError};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::retry::RetryBudget;
@@ -99,7 +100,10 @@ enum Attempt {
 
 enum Retry {
     Overloaded(Answer),
+    /// The request may have reached the upstream (the connection failed after it was sent).
     Failed(String),
+    /// The request never reached the upstream: the connection could not be opened.
+    Unreached(String),
 }
 
 impl Proxy {
@@ -144,7 +148,7 @@ impl Proxy {
         };
         let give_up = |retry| match retry {
             Retry::Overloaded(answer) => Ok(answered(answer, &first_upstream)),
-            Retry::Failed(reason) => Err(ProxyError::Upstream {
+            Retry::Failed(reason) | Retry::Unreached(reason) => Err(ProxyError::Upstream {
                 upstream: first_upstream.address.clone(),
                 reason,
             }),
@@ -152,7 +156,7 @@ impl Proxy {
         let first_address = first_upstream.address.as_str();
         let another = match &retry {
             Retry::Overloaded(_) => self.balancer.pick_accepting(first_address),
-            Retry::Failed(_) => self
+            Retry::Failed(_) | Retry::Unreached(_) => self
                 .balancer
                 .pick(Some(first_address))
                 .filter(|r| r.upstream().address != first_address),
@@ -161,7 +165,10 @@ impl Proxy {
             self.deny("no_upstream");
             return give_up(retry);
         };
-        if !self.budget.withdraw() {
+        // A request that reached no upstream did no work anywhere: its retry adds no load,
+        // so it does not spend the budget (a pod that just died must not cost requests).
+        let budgeted = !matches!(retry, Retry::Unreached(_));
+        if budgeted && !self.budget.withdraw() {
             self.deny("budget");
             return give_up(retry);
         }
@@ -173,10 +180,12 @@ impl Proxy {
             Attempt::Answered(answer) | Attempt::Retryable(Retry::Overloaded(answer)) => {
                 Ok(answered(answer, &second_upstream))
             }
-            Attempt::Retryable(Retry::Failed(reason)) => Err(ProxyError::Upstream {
-                upstream: second_upstream.address.clone(),
-                reason,
-            }),
+            Attempt::Retryable(Retry::Failed(reason) | Retry::Unreached(reason)) => {
+                Err(ProxyError::Upstream {
+                    upstream: second_upstream.address.clone(),
+                    reason,
+                })
+            }
         }
     }
 
@@ -217,7 +226,13 @@ impl Proxy {
             Ok(Err(error)) => {
                 self.balancer.record(&in_flight, Outcome::Failure);
                 self.count(address, "error");
-                Attempt::Retryable(Retry::Failed(error.to_string()))
+                let reason = error.to_string();
+                Attempt::Retryable(match error {
+                    SendError::Connect(_) | SendError::ConnectTimeout(_) => {
+                        Retry::Unreached(reason)
+                    }
+                    _ => Retry::Failed(reason),
+                })
             }
             Ok(Ok(answer)) => {
                 let head = answer.head();

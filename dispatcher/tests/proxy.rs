@@ -761,3 +761,25 @@ async fn requests_with_bad_hosts_or_ambiguous_framing_are_refused_and_never_forw
     );
     d.stop().await;
 }
+
+/// A pod that is gone (connection refused) is retried elsewhere whatever the budget: the
+/// request reached no pod, so its retry adds no load. At 20 sequential requests the 20 %
+/// budget would allow 4 retries; round robin sends at least 10 to the dead pod (ejection off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_pod_that_is_gone_are_retried_outside_the_budget() {
+    let dead = upstream("dead", Duration::ZERO, StatusCode::OK).await;
+    dead.task.abort();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fine = upstream("fine", Duration::ZERO, StatusCode::OK).await;
+    let no_ejection = ["--balance", "round-robin", "--eject-after", "1000"];
+    let d = Dispatcher::start(&[&dead, &fine], &no_ejection).await;
+    let results = load(&d.url, 20, 1).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let metrics = metrics_of(&d.url).await;
+    let retries = counter(&metrics, "dispatcher_retries_total");
+    assert!(
+        retries >= 10.0,
+        "{retries} retries, more than the budget's 4\n{metrics}"
+    );
+    d.stop().await;
+}
