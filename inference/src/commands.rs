@@ -117,8 +117,8 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
         preprocess: Preprocess {
             input_size: args.input_size,
             resize_shorter: args.resize_shorter,
-            mean: [args.mean[0], args.mean[1], args.mean[2]],
-            std: [args.std[0], args.std[1], args.std[2]],
+            mean: rgb("--mean", &args.mean)?,
+            std: rgb("--std", &args.std)?,
         },
         labels,
     };
@@ -157,6 +157,16 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
 }
 
 /// Label files must sit beside the description so the model folder is self-contained.
+/// Three per-channel values (R, G, B), however they were split on the command line.
+fn rgb(flag: &str, values: &[f32]) -> anyhow::Result<[f32; 3]> {
+    <[f32; 3]>::try_from(values).map_err(|_| {
+        anyhow::anyhow!(
+            "{flag} takes three values (R, G, B), e.g. {flag} 0.5,0.5,0.5; got {}",
+            values.len()
+        )
+    })
+}
+
 fn labels_beside(labels: &str, dir: &Path, name: &str) -> anyhow::Result<String> {
     if labels == IMAGENET_LABELS {
         return Ok(labels.to_string());

@@ -184,11 +184,11 @@ pub struct ImportArgs {
     /// The shorter side is resized to this before the centre crop.
     #[arg(long, default_value_t = 256)]
     pub resize_shorter: u32,
-    /// Per-channel mean (RGB, in [0, 1] units).
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.485, 0.456, 0.406])]
+    /// Per-channel mean (RGB, in [0, 1] units): `0.485,0.456,0.406` or `0.485 0.456 0.406`.
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, default_values_t = [0.485, 0.456, 0.406])]
     pub mean: Vec<f32>,
-    /// Per-channel standard deviation (RGB).
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.229, 0.224, 0.225])]
+    /// Per-channel standard deviation (RGB), written as --mean is.
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, default_values_t = [0.229, 0.224, 0.225])]
     pub std: Vec<f32>,
     /// Backend used to check that the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
@@ -236,4 +236,30 @@ pub struct EvalArgs {
     /// Print the report as JSON (no progress bar).
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn import(args: &[&str]) -> super::ImportArgs {
+        let argv = ["inference", "import", "m.onnx"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Import(args) => args,
+            _ => unreachable!("import"),
+        }
+    }
+
+    #[test]
+    fn channel_values_parse_with_commas_or_spaces() {
+        let commas = import(&["--mean", "0.5,0.25,0.125", "--std", "1,2,3"]);
+        let spaces = import(&["--mean", "0.5", "0.25", "0.125", "--std", "1", "2", "3"]);
+        for args in [commas, spaces] {
+            assert_eq!(args.mean, [0.5, 0.25, 0.125]);
+            assert_eq!(args.std, [1.0, 2.0, 3.0]);
+        }
+        assert_eq!(import(&[]).mean, [0.485, 0.456, 0.406]);
+    }
 }

@@ -290,3 +290,15 @@ fn import_verify_with_passes_a_model_that_recognises_the_photos() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 }
+
+#[test]
+fn import_says_how_many_channel_values_it_needs() {
+    let onnx = common::models().join("resnet50.onnx");
+    let out = run(&["import", onnx.to_str().expect("UTF-8"), "--mean", "0.5,0.5"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--mean takes three values (R, G, B), e.g. --mean 0.5,0.5,0.5; got 2"),
+        "{stderr}"
+    );
+}
