@@ -89,6 +89,17 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Counts a request as outstanding on `upstream` from `now` (until dropped).
+    fn start(upstream: &Arc<Upstream>, now: Instant) -> Self {
+        upstream.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self {
+            upstream: upstream.clone(),
+            started: now,
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -227,11 +238,7 @@ impl Balancer {
                 self.choose(&candidates, now)?
             }
         };
-        chosen.outstanding.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight {
-            upstream: chosen.clone(),
-            started: now,
-        })
+        Some(InFlight::start(chosen, now))
     }
 
     /// An upstream for a request another upstream refused with 503: never `exclude`, and only
@@ -245,11 +252,7 @@ impl Balancer {
             .filter(|u| u.address != exclude && !u.is_ejected(now) && !u.is_rejecting(now))
             .collect();
         let chosen = self.choose(&accepting, now)?;
-        chosen.outstanding.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight {
-            upstream: chosen.clone(),
-            started: now,
-        })
+        Some(InFlight::start(chosen, now))
     }
 
     /// The common case without building candidate lists: one upstream, or P2C / round robin
@@ -335,33 +338,22 @@ impl Balancer {
     /// Returns true when this failure ejected the upstream.
     pub fn record(&self, request: &InFlight, outcome: Outcome) -> bool {
         let now = Instant::now();
-        if let Outcome::Rejected(refusing) = outcome {
-            request.upstream.rejecting_until.store(
-                nanos_since_epoch(now + refusing.min(MAX_REFUSING)),
-                Ordering::Relaxed,
-            );
-            return false;
-        }
-        let rtt = now.duration_since(request.started).as_secs_f64();
-        let mut health = request.upstream.health();
-        let elapsed = now.saturating_duration_since(health.updated).as_secs_f64();
-        let decayed = health.ewma * (-elapsed / self.config.decay.as_secs_f64()).exp();
-        // Peak: a slower observation replaces the estimate at once; faster ones blend in.
-        health.ewma = if rtt > decayed {
-            rtt
-        } else {
-            let w = (-elapsed / self.config.decay.as_secs_f64()).exp();
-            decayed * w + rtt * (1.0 - w)
-        };
-        health.updated = now;
         match outcome {
+            Outcome::Rejected(refusing) => {
+                request.upstream.rejecting_until.store(
+                    nanos_since_epoch(now + refusing.min(MAX_REFUSING)),
+                    Ordering::Relaxed,
+                );
+                false
+            }
             Outcome::Success => {
+                let mut health = self.observe(request, now);
                 health.consecutive_failures = 0;
                 health.ejections = 0;
                 false
             }
-            Outcome::Rejected(_) => false,
             Outcome::Failure => {
+                let mut health = self.observe(request, now);
                 health.consecutive_failures += 1;
                 if health.consecutive_failures < self.config.eject_after {
                     return false;
@@ -381,6 +373,27 @@ impl Balancer {
                 true
             }
         }
+    }
+
+    /// Folds the request's latency into its upstream's peak-EWMA; returns the health, locked.
+    fn observe<'a>(
+        &self,
+        request: &'a InFlight,
+        now: Instant,
+    ) -> std::sync::MutexGuard<'a, Health> {
+        let rtt = now.duration_since(request.started).as_secs_f64();
+        let mut health = request.upstream.health();
+        let elapsed = now.saturating_duration_since(health.updated).as_secs_f64();
+        let decayed = health.ewma * (-elapsed / self.config.decay.as_secs_f64()).exp();
+        // Peak: a slower observation replaces the estimate at once; faster ones blend in.
+        health.ewma = if rtt > decayed {
+            rtt
+        } else {
+            let w = (-elapsed / self.config.decay.as_secs_f64()).exp();
+            decayed * w + rtt * (1.0 - w)
+        };
+        health.updated = now;
+        health
     }
 }
 
