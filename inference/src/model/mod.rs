@@ -112,11 +112,9 @@ impl From<DeviceChoice> for Target {
 
 impl Target {
     /// Who runs the operations: our native kernels for `cpu` at f32, burn's otherwise.
-    fn kernels(self, image_size: u32) -> Result<Kernels, ModelError> {
+    fn kernels(self) -> Result<Kernels, ModelError> {
         match (self.device, self.precision) {
-            (DeviceChoice::Cpu, Precision::F32) => Ok(Kernels::Native {
-                image_size: image_size as usize,
-            }),
+            (DeviceChoice::Cpu, Precision::F32) => Ok(Kernels::Native),
             (DeviceChoice::Cpu, Precision::F16) => Err(ModelError::Precision(self.precision)),
             (_, Precision::F32) => Ok(Kernels::Burn {
                 dtype: FloatDType::F32,
@@ -213,9 +211,10 @@ impl Classifier {
         target: impl Into<Target>,
     ) -> Result<Self, ModelError> {
         let target = target.into();
-        let kernels = target.kernels(spec.preprocess.input_size)?;
+        let kernels = target.kernels()?;
         let device = target.device.open()?;
-        let network = Network::load(onnx, &device, kernels)?;
+        let image_size = spec.preprocess.input_size as usize;
+        let network = Network::load(onnx, &device, kernels, image_size)?;
         let classifier = Self {
             spec,
             labels,
