@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use image::{ImageFormat, RgbImage};
+use inference::model::InputImage;
 
 /// Labels of the small second model; ten classes so tests can check model-specific labels.
 pub const DEMO_LABELS: [&str; 10] = [
@@ -211,4 +212,60 @@ pub async fn wait_ready(url: &str) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Largest accepted |Δlogit|, relative to the spread of the reference logits. burn and ORT sum
+/// the same products in different orders (and ORT folds batch norm into the convolutions), so
+/// f32 rounding differs by ~1e-6 relative per layer; across ResNet50's 50 layers that was
+/// measured at ~3e-6 of the logit std. 1e-3 leaves a wide margin, yet any wrong operator,
+/// padding or weight layout moves logits by a sizeable fraction of their std.
+pub const LOGIT_BOUND: f32 = 1e-3;
+
+pub fn std_dev(values: &[f32]) -> f32 {
+    let mean = values.iter().sum::<f32>() / values.len() as f32;
+    (values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / values.len() as f32).sqrt()
+}
+
+pub fn top5(row: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    order.truncate(5);
+    order
+}
+
+/// Random inputs in the normalised range, with a per-image bias so images differ clearly.
+pub fn inputs(n: usize, size: u32) -> Vec<InputImage> {
+    let mut state = 42u64;
+    (0..n)
+        .map(|i| InputImage {
+            size,
+            data: (0..3 * (size * size) as usize)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    ((state >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0 + i as f32 * 0.3
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// ONNX Runtime's output for `batch` on the same file, flattened row-major.
+pub fn onnx_runtime_logits(onnx: &std::path::Path, batch: &[InputImage]) -> Vec<f32> {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let input = tmp.path().join("input.f32");
+    let output = tmp.path().join("output.f32");
+    let flat: Vec<f32> = batch.iter().flat_map(|i| i.data.iter().copied()).collect();
+    write_f32(&input, &flat);
+    python(&[
+        &reference_script(),
+        "logits",
+        onnx.to_str().expect("UTF-8"),
+        input.to_str().expect("UTF-8"),
+        &batch.len().to_string(),
+        &batch[0].size.to_string(),
+        output.to_str().expect("UTF-8"),
+    ]);
+    read_f32(&output)
 }

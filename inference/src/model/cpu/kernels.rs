@@ -12,6 +12,7 @@ use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
 
 use super::winograd::{Finish, Winograd};
+use crate::model::graph::Activation;
 
 /// A batch of feature maps, channels last: `[n, y, x, c]` lives at `((n·h + y)·w + x)·c + c`.
 #[derive(Clone, Debug, PartialEq)]
@@ -175,15 +176,34 @@ struct Run {
 }
 
 /// What runs on a convolution's output block while it is still in cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Epilogue {
     /// Add a map of the output's shape (a ResNet shortcut) before the activation.
     pub residual: bool,
-    /// Clamp at zero last.
-    pub relu: bool,
+    /// Applied last (ReLU, ReLU6, HardSwish, SiLU…).
+    pub activation: Option<Activation>,
 }
 
-/// A 2-D convolution (ungrouped) with its weights laid out for the method that runs it.
+/// `f(value + bias)` over rows of `bias.len()` values, with the activation chosen once per
+/// block (not per value), so each loop is compiled for its own function.
+pub fn finish_rows(block: &mut [f32], bias: &[f32], activation: Option<Activation>) {
+    fn rows(block: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
+        for row in block.chunks_mut(bias.len()) {
+            for (value, b) in row.iter_mut().zip(bias) {
+                *value = f(*value + b);
+            }
+        }
+    }
+    match activation {
+        None => rows(block, bias, |v| v),
+        Some(Activation::Relu) => rows(block, bias, |v| v.max(0.0)),
+        Some(Activation::Clip { min, max }) => rows(block, bias, |v| v.clamp(min, max)),
+        Some(Activation::HardSwish) => rows(block, bias, |v| Activation::HardSwish.apply(v)),
+        Some(other) => rows(block, bias, |v| other.apply(v)),
+    }
+}
+
+/// A 2-D convolution with its weights laid out for the method that runs it.
 #[derive(Debug)]
 pub struct Conv {
     method: Method,
@@ -242,6 +262,10 @@ enum Method {
     Patches(Vec<f32>),
     /// 3×3, stride 1, no dilation: Winograd F(2×2, 3×3).
     Winograd(Winograd),
+    /// Grouped and depthwise convolutions, computed directly: each output pixel sums its
+    /// window's taps, weights `[tap][group][cin per group][cout per group]` so that the
+    /// innermost loop runs over contiguous channels (all of them when depthwise).
+    Grouped { weight: Vec<f32>, groups: usize },
 }
 
 thread_local! {
@@ -298,16 +322,23 @@ pub fn grow(buffer: &mut Vec<f32>, len: usize) {
 }
 
 impl Conv {
-    /// Takes weights in ONNX/burn layout `[cout, cin, kh, kw]`. `algorithm` Winograd applies
-    /// only to 3×3 stride-1 undilated windows; any other window is computed by patches.
+    /// Takes weights in ONNX/burn layout `[cout, cin / groups, kh, kw]`. `algorithm` Winograd
+    /// applies only to ungrouped 3×3 stride-1 undilated windows; any other ungrouped window is
+    /// computed by patches, any grouped one directly.
     pub fn new(
         weight: &[f32],
-        [cout, cin, kh, kw]: [usize; 4],
+        [cout, cin_per_group, kh, kw]: [usize; 4],
+        groups: usize,
         bias: Option<&[f32]>,
         window: Window,
         algorithm: Algorithm,
     ) -> Self {
+        let cin = cin_per_group * groups;
         let method = match algorithm {
+            _ if groups > 1 => Method::Grouped {
+                weight: pack_grouped(weight, [cout, cin_per_group, kh, kw], groups),
+                groups,
+            },
             Algorithm::Winograd if Algorithm::winograd_fits(&window) => {
                 let [(top, _), (left, _)] = window.padding;
                 Method::Winograd(Winograd::new(weight, cout, cin, top, left))
@@ -369,9 +400,12 @@ impl Conv {
                 let finish = Finish {
                     bias: &self.bias,
                     accumulate,
-                    relu: self.epilogue.relu,
+                    activation: self.epilogue.activation,
                 };
                 winograd.run(x, (h, w), &mut data, finish);
+            }
+            Method::Grouped { weight, groups } => {
+                self.grouped(x, (h, w), weight, *groups, &mut data, accumulate);
             }
         }
         Ok(Map {
@@ -477,20 +511,111 @@ impl Conv {
         }
     }
 
-    /// Bias and ReLU over a block of finished output rows.
+    /// Bias and activation over a block of finished output rows.
     fn finish(&self, block: &mut [f32]) {
-        for row in block.chunks_mut(self.cout) {
-            if self.epilogue.relu {
-                for (value, bias) in row.iter_mut().zip(&self.bias) {
-                    *value = (*value + bias).max(0.0);
+        finish_rows(block, &self.bias, self.epilogue.activation);
+    }
+
+    /// A grouped or depthwise convolution, one output line per task: each output pixel
+    /// starts from zero (or from the shortcut already in `data`), adds every tap's inputs
+    /// times its weights, then gets bias and activation while it is in cache.
+    fn grouped(
+        &self,
+        x: &Map,
+        (h, w): (usize, usize),
+        weight: &[f32],
+        groups: usize,
+        data: &mut [f32],
+        accumulate: Accumulate,
+    ) {
+        let (cin, cout) = (self.cin, self.cout);
+        let (cig, cog) = (cin / groups, cout / groups);
+        let [_, kw] = self.window.kernel;
+        data.par_chunks_mut(w * cout)
+            .enumerate()
+            .for_each(|(line, out_line)| {
+                let (image, oy) = (line / h, line % h);
+                for (ox, out) in out_line.chunks_mut(cout).enumerate() {
+                    if matches!(accumulate, Accumulate::No) {
+                        out.fill(0.0);
+                    }
+                    for (ky, iy) in self.window.taps(0, oy, x.h).enumerate() {
+                        let Some(iy) = iy else { continue };
+                        for (kx, ix) in self.window.taps(1, ox, x.w).enumerate() {
+                            let Some(ix) = ix else { continue };
+                            let at = ((image * x.h + iy) * x.w + ix) * cin;
+                            let pixel = &x.data[at..at + cin];
+                            let taps = &weight[(ky * kw + kx) * cin * cog..][..cin * cog];
+                            if cig == 1 && cog == 1 {
+                                // Depthwise: one weight per channel, all channels at once.
+                                for ((o, v), k) in out.iter_mut().zip(pixel).zip(taps) {
+                                    *o += v * k;
+                                }
+                                continue;
+                            }
+                            for (g, out) in out.chunks_mut(cog).enumerate() {
+                                for ci in 0..cig {
+                                    let v = pixel[g * cig + ci];
+                                    let row = &taps[(g * cig + ci) * cog..][..cog];
+                                    for (o, k) in out.iter_mut().zip(row) {
+                                        *o += v * k;
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
-            } else {
-                for (value, bias) in row.iter_mut().zip(&self.bias) {
-                    *value += bias;
-                }
+                finish_rows(out_line, &self.bias, self.epilogue.activation);
+            });
+    }
+}
+
+/// `[cout, cin / groups, kh, kw]` weights as `[kh·kw][group][cin per group][cout per group]`.
+fn pack_grouped(weight: &[f32], [cout, cig, kh, kw]: [usize; 4], groups: usize) -> Vec<f32> {
+    let (taps, cog) = (kh * kw, cout / groups);
+    let cin = cig * groups;
+    let mut packed = vec![0.0; weight.len()];
+    for (co, filter) in weight.chunks(cig * taps).enumerate() {
+        let (g, o) = (co / cog, co % cog);
+        for (ci, kernel) in filter.chunks(taps).enumerate() {
+            for (tap, &value) in kernel.iter().enumerate() {
+                packed[tap * cin * cog + (g * cig + ci) * cog + o] = value;
             }
         }
     }
+    packed
+}
+
+/// Maps of one shape but their channels joined along the channels, in order.
+pub fn concat(maps: &[&Map]) -> Result<Map, String> {
+    let first = maps.first().ok_or("nothing to join")?;
+    if let Some(other) = maps
+        .iter()
+        .find(|m| (m.n, m.h, m.w) != (first.n, first.h, first.w))
+    {
+        return Err(format!(
+            "cannot join {} and {} along the channels",
+            first.describe(),
+            other.describe()
+        ));
+    }
+    let c: usize = maps.iter().map(|m| m.c).sum();
+    let pixels = first.n * first.h * first.w;
+    let mut data = spare(pixels * c);
+    data.par_chunks_mut(c).enumerate().for_each(|(pixel, out)| {
+        let mut at = 0;
+        for map in maps {
+            out[at..at + map.c].copy_from_slice(&map.data[pixel * map.c..(pixel + 1) * map.c]);
+            at += map.c;
+        }
+    });
+    Ok(Map {
+        n: first.n,
+        h: first.h,
+        w: first.w,
+        c,
+        data,
+    })
 }
 
 /// `[cout, cin, kh, kw]` weights as the `[kh·kw·cin, cout]` matrix patch rows multiply.

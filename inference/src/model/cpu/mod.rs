@@ -17,7 +17,7 @@ mod winograd;
 
 use std::sync::Arc;
 
-use super::graph::{GraphError, Op, Schedule, Step, Wired, readers};
+use super::graph::{Activation, GraphError, Op, Schedule, Step, Wired, readers};
 use kernels::{Algorithm, Conv, Epilogue, Map, PoolKind, Vectors, Window};
 
 /// A graph compiled to native kernels, with fused convolutions.
@@ -44,16 +44,12 @@ enum NativeOp {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
-    Relu,
-    Sigmoid,
-    Clip {
-        min: f32,
-        max: f32,
-    },
+    Activation(Activation),
     Pool(Window, PoolKind),
     GlobalAvgPool,
     Add,
     Mul,
+    Concat,
     Flatten,
     Linear {
         /// `[inputs, outputs]`.
@@ -183,9 +179,10 @@ impl Kernel {
                 }
                 Value::Map(Arc::new(x))
             }
-            NativeOp::Relu => first.map_values(|v| v.max(0.0)),
-            NativeOp::Sigmoid => first.map_values(|v| 1.0 / (1.0 + (-v).exp())),
-            NativeOp::Clip { min, max } => first.map_values(|v| v.clamp(*min, *max)),
+            NativeOp::Activation(activation) => match activation {
+                Activation::Relu => first.map_values(|v| v.max(0.0)),
+                other => first.map_values(|v| other.apply(v)),
+            },
             NativeOp::Pool(window, kind) => {
                 let x = self.map(first)?;
                 let out = kernels::pool(&x, window, *kind).map_err(|e| self.error(e))?;
@@ -198,6 +195,15 @@ impl Kernel {
             NativeOp::Add | NativeOp::Mul => {
                 let second = second.ok_or_else(|| self.error("needs two operands"))?;
                 self.combine(first, second)?
+            }
+            NativeOp::Concat => {
+                let maps = std::iter::once(first)
+                    .chain(second)
+                    .chain(args)
+                    .map(|v| self.map(v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<&Map> = maps.iter().map(|m| &**m).collect();
+                Value::Map(Arc::new(kernels::concat(&refs).map_err(|e| self.error(e))?))
             }
             NativeOp::Flatten => match first {
                 Value::Map(m) => Value::Vector(Arc::new(Arc::unwrap_or_clone(m).flatten())),
@@ -313,9 +319,6 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
             options,
             ..
         } => {
-            if options.groups != 1 {
-                return Err(format!("{}: grouped convolution", step.name));
-            }
             let dims = weight.dims();
             if dims.contains(&0) {
                 return Err(format!("{}: empty convolution weights", step.name));
@@ -333,6 +336,7 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
             NativeOp::Conv(Box::new(Conv::new(
                 &values(weight.to_data())?,
                 dims,
+                options.groups,
                 bias.as_deref(),
                 window,
                 algorithm,
@@ -342,12 +346,7 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
             scale: values(scale.to_data())?,
             shift: values(shift.to_data())?,
         },
-        Op::Relu => NativeOp::Relu,
-        Op::Sigmoid => NativeOp::Sigmoid,
-        Op::Clip { min, max } => NativeOp::Clip {
-            min: *min,
-            max: *max,
-        },
+        Op::Activation(activation) => NativeOp::Activation(*activation),
         Op::MaxPool(o) => NativeOp::Pool(
             Window {
                 kernel: o.kernel_size,
@@ -378,6 +377,7 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
         Op::GlobalAvgPool => NativeOp::GlobalAvgPool,
         Op::Add => NativeOp::Add,
         Op::Mul => NativeOp::Mul,
+        Op::Concat => NativeOp::Concat,
         Op::Flatten => NativeOp::Flatten,
         Op::Linear { weight, bias } => {
             let [_, outputs] = weight.dims();
@@ -408,7 +408,14 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
     })
 }
 
-/// Folds shortcut adds and ReLUs into the convolution that produces their input:
+/// What a convolution's epilogue takes over from the kernel after it.
+enum Absorb {
+    /// An add of this slot (the shortcut).
+    Shortcut(usize),
+    Activation(Activation),
+}
+
+/// Folds shortcut adds and activations into the convolution that produces their input:
 /// `relu(conv(x) + shortcut)` becomes one kernel whose epilogue adds and clamps while the
 /// output block is in cache. An add is folded into a convolution only when that
 /// convolution's output has no other reader and the shortcut is computed before it (so the
@@ -434,25 +441,25 @@ fn fuse(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> 
                             && matches!(&fused[at].op, NativeOp::Conv(c) if c.epilogue == Epilogue::default())
                     })
                     .max_by_key(|&(conv, _)| writer[conv])
-                    .map(|(conv, shortcut)| (conv, Some(shortcut)))
+                    .map(|(conv, shortcut)| (conv, Absorb::Shortcut(shortcut)))
             }
-            (NativeOp::Relu, &[x]) => Some((x, None)),
+            (NativeOp::Activation(activation), &[x]) => Some((x, Absorb::Activation(*activation))),
             _ => None,
         };
-        let absorbed = target.and_then(|(slot, shortcut)| {
+        let absorbed = target.and_then(|(slot, absorb)| {
             let at = writer[slot]?;
             let NativeOp::Conv(conv) = &mut fused[at].op else {
                 return None;
             };
-            if readers[slot] != 1 || conv.epilogue.relu {
+            if readers[slot] != 1 || conv.epilogue.activation.is_some() {
                 return None;
             }
-            match shortcut {
-                Some(shortcut) => {
+            match absorb {
+                Absorb::Shortcut(shortcut) => {
                     conv.epilogue.residual = true;
                     fused[at].inputs.push(shortcut);
                 }
-                None => conv.epilogue.relu = true,
+                Absorb::Activation(activation) => conv.epilogue.activation = Some(activation),
             }
             fused[at].output = kernel.output;
             Some(at)

@@ -2,12 +2,12 @@
 //! shape ResNet-style graphs use, plus the awkward ones (asymmetric padding, dilation,
 //! ceil-mode pooling), and the fused epilogues.
 
-use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::kernels::{self, Algorithm, Conv, Epilogue, Map, PoolKind, Window};
+use crate::model::graph::Activation;
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -69,13 +69,15 @@ struct ConvCase {
     stride: [usize; 2],
     padding: [(usize, usize); 2],
     dilation: [usize; 2],
+    groups: usize,
 }
 
 fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &str) {
     let x = random(case.input.iter().product(), 1);
     let w = random(case.weight.iter().product(), 2);
     let b = random(case.weight[0], 3);
-    let options = ConvOptions::new_with_padding(case.stride, case.padding, case.dilation, 1);
+    let options =
+        ConvOptions::new_with_padding(case.stride, case.padding, case.dilation, case.groups);
     let bias = Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), &Device::flex());
     let mut expected = conv2d(
         tensor(&x, case.input),
@@ -88,11 +90,14 @@ fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &
         let dims = expected.dims();
         expected = expected + tensor(&shortcut, dims);
     }
-    if epilogue.relu {
-        expected = relu(expected);
-    }
     let shortcut = Map::from_nchw(&shortcut, expected.dims());
-    let expected = nhwc(expected);
+    let mut expected = nhwc(expected);
+    if let Some(activation) = epilogue.activation {
+        expected
+            .data
+            .iter_mut()
+            .for_each(|v| *v = activation.apply(*v));
+    }
 
     let window = Window {
         kernel: [case.weight[2], case.weight[3]],
@@ -101,7 +106,7 @@ fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &
         dilation: case.dilation,
         ceil: false,
     };
-    let mut conv = Conv::new(&w, case.weight, Some(&b), window, algorithm);
+    let mut conv = Conv::new(&w, case.weight, case.groups, Some(&b), window, algorithm);
     conv.epilogue = epilogue;
     stale_spares();
     let residual = epilogue.residual.then_some(shortcut);
@@ -150,10 +155,15 @@ fn convolutions_match_burn() {
             stride,
             padding,
             dilation,
+            groups: 1,
         };
         for (residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
             for algorithm in [Algorithm::Patches, Algorithm::Winograd] {
-                let epilogue = Epilogue { residual, relu };
+                let activation = relu.then_some(Activation::Relu);
+                let epilogue = Epilogue {
+                    residual,
+                    activation,
+                };
                 check_conv(
                     &case,
                     epilogue,
@@ -166,8 +176,77 @@ fn convolutions_match_burn() {
 }
 
 #[test]
+fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
+    // (name, input NCHW, weight [out, in / groups, kh, kw], groups, stride, padding)
+    #[rustfmt::skip]
+    let cases = [
+        // MobileNet's depthwise 3×3, stride 1 and 2 (EfficientNet ports pad asymmetrically).
+        ("dw 3x3", [2, 24, 13, 13], [24, 1, 3, 3], 24, [1, 1], [(1, 1), (1, 1)]),
+        ("dw 3x3/2 asym", [1, 16, 14, 14], [16, 1, 3, 3], 16, [2, 2], [(0, 1), (0, 1)]),
+        // EfficientNet's depthwise 5×5.
+        ("dw 5x5/2", [1, 8, 15, 15], [8, 1, 5, 5], 8, [2, 2], [(2, 2), (2, 2)]),
+        // RegNet's group convolutions (several channels per group), and a channel multiplier.
+        ("grouped", [2, 8, 9, 9], [12, 2, 3, 3], 4, [1, 1], [(1, 1), (1, 1)]),
+        ("multiplier", [1, 4, 7, 7], [8, 1, 3, 3], 4, [2, 2], [(1, 1), (1, 1)]),
+    ];
+    let activations = [
+        None,
+        Some(Activation::Relu),
+        Some(Activation::Clip { min: 0.0, max: 6.0 }),
+        Some(Activation::HardSwish),
+        Some(Activation::Silu),
+        Some(Activation::Sigmoid),
+    ];
+    for (name, input, weight, groups, stride, padding) in cases {
+        let case = ConvCase {
+            input,
+            weight,
+            stride,
+            padding,
+            dilation: [1, 1],
+            groups,
+        };
+        for residual in [false, true] {
+            for activation in activations {
+                let epilogue = Epilogue {
+                    residual,
+                    activation,
+                };
+                let what = format!("{name} {epilogue:?}");
+                check_conv(&case, epilogue, Algorithm::Winograd, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn maps_join_along_the_channels_in_order() {
+    let a = Map::from_nchw(&random(2 * 3 * 4 * 5, 1), [2, 3, 4, 5]);
+    let b = Map::from_nchw(&random(2 * 2 * 4 * 5, 2), [2, 2, 4, 5]);
+    let joined = kernels::concat(&[&a, &b]).expect("same maps");
+    let expected = Tensor::cat(
+        vec![
+            tensor(&random(2 * 3 * 4 * 5, 1), [2, 3, 4, 5]),
+            tensor(&random(2 * 2 * 4 * 5, 2), [2, 2, 4, 5]),
+        ],
+        1,
+    );
+    assert_eq!(joined, nhwc(expected));
+    let small = Map::from_nchw(&[0.0; 8], [2, 1, 2, 2]);
+    let err = kernels::concat(&[&a, &small]).expect_err("sizes differ");
+    assert!(err.contains("cannot join"), "{err}");
+}
+
+#[test]
 fn a_convolution_refuses_a_map_with_the_wrong_channels() {
-    let conv = Conv::new(&[1.0; 8], [4, 2, 1, 1], None, POINTWISE, Algorithm::Patches);
+    let conv = Conv::new(
+        &[1.0; 8],
+        [4, 2, 1, 1],
+        1,
+        None,
+        POINTWISE,
+        Algorithm::Patches,
+    );
     let x = Map::from_nchw(&[0.0; 27], [1, 3, 3, 3]);
     let err = conv.run(&x, None).expect_err("3 channels into 2");
     assert!(
@@ -259,6 +338,7 @@ fn pointwise() -> super::NativeOp {
     super::NativeOp::Conv(Box::new(Conv::new(
         &[1.0; 4],
         [2, 2, 1, 1],
+        1,
         None,
         POINTWISE,
         Algorithm::Patches,
@@ -280,19 +360,20 @@ fn epilogues(kernels: &[super::Kernel]) -> Vec<(String, Option<Epilogue>, Vec<us
 
 #[test]
 fn shortcut_adds_and_relus_fold_into_the_convolution_that_runs_last() {
-    use super::NativeOp::{Add, Relu};
+    use super::NativeOp::Add;
+    let relu = || super::NativeOp::Activation(Activation::Relu);
     // Slot 0 is the input. A bottleneck's main branch (conv a → 1) and its projection
     // shortcut (conv b → 2, computed after a), then add → 3 and relu → 4.
     let kernels = vec![
         kernel("a", pointwise(), &[0], 1),
         kernel("b", pointwise(), &[0], 2),
         kernel("add", Add, &[1, 2], 3),
-        kernel("relu", Relu, &[3], 4),
+        kernel("relu", relu(), &[3], 4),
     ];
     let fused = epilogues(&super::fuse(kernels, 5, 4));
     let both = Epilogue {
         residual: true,
-        relu: true,
+        activation: Some(Activation::Relu),
     };
     assert_eq!(
         fused,
@@ -306,10 +387,11 @@ fn shortcut_adds_and_relus_fold_into_the_convolution_that_runs_last() {
 
 #[test]
 fn a_convolution_whose_output_is_read_twice_is_not_fused() {
-    use super::NativeOp::{Add, Relu};
+    use super::NativeOp::Add;
+    let relu = || super::NativeOp::Activation(Activation::Relu);
     let kernels = vec![
         kernel("a", pointwise(), &[0], 1),
-        kernel("relu", Relu, &[1], 2),
+        kernel("relu", relu(), &[1], 2),
         // `1` is read by the relu and by this add: a fused relu would change what the add sees.
         kernel("add", Add, &[1, 2], 3),
     ];

@@ -13,6 +13,8 @@ use std::cell::Cell;
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
 
+use crate::model::graph::Activation;
+
 use super::kernels::{Map, grow};
 
 /// Tile positions (4 × 4), each with its own matrix product.
@@ -39,7 +41,7 @@ pub struct Winograd {
 pub struct Finish<'a> {
     pub bias: &'a [f32],
     pub accumulate: Accumulate,
-    pub relu: bool,
+    pub activation: Option<Activation>,
 }
 
 impl Winograd {
@@ -253,14 +255,20 @@ fn a_t<'a>(row: usize, r: [&'a [f32]; 4]) -> impl Iterator<Item = f32> + 'a {
     (first.iter().zip(rest[0]).zip(rest[1])).map(move |((a, b), c)| a + sign * (b + c))
 }
 
-/// One output pixel: `y + bias (+ shortcut already there)`, then ReLU.
+/// One output pixel: `y + bias (+ shortcut already there)`, then the activation.
 fn store(pixel: &mut [f32], y: impl Iterator<Item = f32>, finish: Finish<'_>) {
     let values = pixel.iter_mut().zip(y).zip(finish.bias);
-    match (finish.accumulate, finish.relu) {
-        (Accumulate::No, false) => values.for_each(|((o, y), b)| *o = y + b),
-        (Accumulate::No, true) => values.for_each(|((o, y), b)| *o = (y + b).max(0.0)),
-        (Accumulate::Yes, false) => values.for_each(|((o, y), b)| *o += y + b),
-        (Accumulate::Yes, true) => values.for_each(|((o, y), b)| *o = (*o + y + b).max(0.0)),
+    match (finish.accumulate, finish.activation) {
+        (Accumulate::No, None) => values.for_each(|((o, y), b)| *o = y + b),
+        (Accumulate::No, Some(Activation::Relu)) => {
+            values.for_each(|((o, y), b)| *o = (y + b).max(0.0))
+        }
+        (Accumulate::Yes, None) => values.for_each(|((o, y), b)| *o += y + b),
+        (Accumulate::Yes, Some(Activation::Relu)) => {
+            values.for_each(|((o, y), b)| *o = (*o + y + b).max(0.0))
+        }
+        (Accumulate::No, Some(a)) => values.for_each(|((o, y), b)| *o = a.apply(y + b)),
+        (Accumulate::Yes, Some(a)) => values.for_each(|((o, y), b)| *o = a.apply(*o + y + b)),
     }
 }
 

@@ -1,14 +1,14 @@
 //! burn's operations running the steps: GPUs, `--device flex`, and any graph the native
 //! kernels do not cover.
 
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::{hard_sigmoid, relu, sigmoid, silu, softmax};
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, linear, max_pool2d};
 use burn::tensor::{Device, FloatDType, Tensor};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
 use super::GraphError;
 use super::schedule::Schedule;
-use super::step::{ConvPart, Op, Step};
+use super::step::{Activation, ConvPart, Op, Step};
 
 /// A tensor flowing between operations. Classifier graphs only carry feature maps
 /// (`[N, C, H, W]`) and, after flattening, feature vectors (`[N, F]`).
@@ -71,7 +71,7 @@ impl BurnGraph {
 
 impl Step {
     fn run(&self, mut args: Vec<Value>) -> Result<Value, GraphError> {
-        let first = args.swap_remove(0);
+        let first = args.remove(0);
         let value = match &self.op {
             Op::Conv {
                 weight,
@@ -94,9 +94,9 @@ impl Step {
             Op::Affine { scale, shift } => {
                 Value::Map(self.map(first)?.mul(scale.clone()).add(shift.clone()))
             }
-            Op::Relu => first.apply(relu, relu),
-            Op::Sigmoid => first.apply(sigmoid, sigmoid),
-            Op::Clip { min, max } => first.apply(|t| t.clamp(*min, *max), |t| t.clamp(*min, *max)),
+            Op::Activation(activation) => {
+                first.apply(|t| activate(t, *activation), |t| activate(t, *activation))
+            }
             Op::MaxPool(options) => Value::Map(max_pool2d(self.map(first)?, options.clone())),
             Op::AvgPool(options) => Value::Map(avg_pool2d(self.map(first)?, options.clone())),
             Op::GlobalAvgPool => Value::Map(adaptive_avg_pool2d(self.map(first)?, [1, 1])),
@@ -120,6 +120,13 @@ impl Step {
                         });
                     }
                 }
+            }
+            Op::Concat => {
+                let maps = std::iter::once(first)
+                    .chain(args)
+                    .map(|v| self.map(v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Value::Map(Tensor::cat(maps, 1))
             }
             Op::Flatten => match first {
                 Value::Map(t) => {
@@ -170,5 +177,17 @@ impl Value {
             Value::Map(t) => Value::Map(on_map(t)),
             Value::Vector(t) => Value::Vector(on_vec(t)),
         }
+    }
+}
+
+/// One activation as burn tensor operations.
+fn activate<const D: usize>(t: Tensor<D>, activation: Activation) -> Tensor<D> {
+    match activation {
+        Activation::Relu => relu(t),
+        Activation::Sigmoid => sigmoid(t),
+        Activation::Clip { min, max } => t.clamp(min, max),
+        Activation::HardSigmoid { alpha, beta } => hard_sigmoid(t, alpha.into(), beta.into()),
+        Activation::HardSwish => t.clone() * hard_sigmoid(t, 1.0 / 6.0, 0.5),
+        Activation::Silu => silu(t),
     }
 }

@@ -6,7 +6,7 @@ use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
 use onnx_ir::{ArgType, Argument, Node};
 
 use super::GraphError;
-use super::step::{Op, Step};
+use super::step::{Activation, Op, Step};
 
 /// The graph as steps over numbered slots, as imported (before any pass).
 pub(super) struct Imported {
@@ -145,8 +145,29 @@ impl Builder {
                 let (scale, shift) = self.batch_norm_affine(node, epsilon)?;
                 (Op::Affine { scale, shift }, first())
             }
-            Node::Relu(_) => (Op::Relu, first()),
-            Node::Sigmoid(_) => (Op::Sigmoid, first()),
+            Node::Relu(_) => (Op::Activation(Activation::Relu), first()),
+            Node::Sigmoid(_) => (Op::Activation(Activation::Sigmoid), first()),
+            Node::HardSigmoid(hard) => (
+                Op::Activation(Activation::HardSigmoid {
+                    alpha: hard.config.alpha as f32,
+                    beta: hard.config.beta as f32,
+                }),
+                first(),
+            ),
+            Node::HardSwish(_) => (Op::Activation(Activation::HardSwish), first()),
+            Node::Concat(concat) => {
+                if concat.config.axis != 1 {
+                    return Err(unsupported(
+                        node,
+                        "concatenation along an axis other than 1",
+                    ));
+                }
+                let inputs = node.inputs();
+                if inputs.iter().any(|a| a.value().is_some()) {
+                    return Err(unsupported(node, "concatenation with a constant operand"));
+                }
+                (Op::Concat, inputs.iter().collect())
+            }
             Node::Clip(clip) => {
                 let bound =
                     |input: &Option<onnx_ir::node::clip::ClipInput>, default: f32| match input {
@@ -158,7 +179,7 @@ impl Builder {
                     };
                 let min = bound(&clip.config.min, f32::MIN)?;
                 let max = bound(&clip.config.max, f32::MAX)?;
-                (Op::Clip { min, max }, first())
+                (Op::Activation(Activation::Clip { min, max }), first())
             }
             Node::MaxPool2d(pool) => {
                 let c = &pool.config;
@@ -245,8 +266,10 @@ impl Builder {
                 return Err(unsupported(
                     other,
                     "operator outside the supported set (Conv, BatchNormalization, Relu, Sigmoid, \
-                     Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Mul, Flatten, Reshape, \
-                     Gemm, MatMul+Add, Softmax, Identity, Dropout)",
+                     Clip, HardSigmoid, HardSwish, MaxPool, AveragePool, GlobalAveragePool, \
+                     ReduceMean over H and W, Pad before Conv, Add, Mul, Concat, Flatten, \
+                     Reshape, Gemm, MatMul+Add, Softmax, Identity, Dropout; shape arithmetic \
+                     that is constant for the input size)",
                 ));
             }
         };

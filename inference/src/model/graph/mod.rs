@@ -38,7 +38,7 @@ use burn_ops::BurnGraph;
 use import::{Builder, Imported};
 pub use rewrite::Rewrites;
 pub(crate) use schedule::{Schedule, Wired, readers};
-pub(crate) use step::{Op, Step};
+pub(crate) use step::{Activation, Op, Step};
 
 /// Why a model file could not be turned into a runnable network.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +233,7 @@ impl Engine {
             slots,
             ..
         } = imported;
+        let steps = passes::join_silu(steps, slots, output_slot);
         let mut steps = passes::fold_batch_norms(steps, slots, output_slot);
         let cpu = *device == Device::flex();
         if kernels == Kernels::Native && cpu {

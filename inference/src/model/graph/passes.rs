@@ -1,7 +1,7 @@
 //! Passes over the imported steps that make them cheaper to run, whatever runs them.
 
 use super::schedule::readers;
-use super::step::{Op, Step};
+use super::step::{Activation, Op, Step};
 
 /// Folds each batch norm that directly follows the only consumer of a convolution into that
 /// convolution's weights and bias: `(x * w + b) * s + t = x * (w * s) + (b * s + t)`, per output
@@ -61,4 +61,37 @@ pub(super) fn split_convolutions(steps: &mut [Step]) {
         };
         *halves = Some(Box::new([half(0..out / 2), half(out / 2..out)]));
     }
+}
+
+/// `x · sigmoid(x)` as exporters write SiLU (a Sigmoid and a Mul reading both `x` and the
+/// sigmoid) becomes one SiLU step, when nothing else reads the sigmoid: one pass over the map
+/// instead of three, and an activation the native engine fuses into the convolution before it.
+pub(super) fn join_silu(steps: Vec<Step>, slots: usize, graph_output: usize) -> Vec<Step> {
+    let uses = readers(&steps, slots, graph_output);
+    // For each slot written by a Sigmoid, the slot it read.
+    let mut sigmoid_of: Vec<Option<usize>> = vec![None; slots];
+    for step in &steps {
+        if let (Op::Activation(Activation::Sigmoid), [x]) = (&step.op, step.inputs.as_slice()) {
+            sigmoid_of[step.output] = Some(*x);
+        }
+    }
+    let mut joined = vec![false; slots];
+    let mut steps: Vec<Step> = steps
+        .into_iter()
+        .map(|mut step| {
+            if let (Op::Mul, &[a, b]) = (&step.op, step.inputs.as_slice()) {
+                let silu = [(a, b), (b, a)]
+                    .into_iter()
+                    .find(|&(x, s)| sigmoid_of[s] == Some(x) && uses[s] == 1);
+                if let Some((x, s)) = silu {
+                    step.op = Op::Activation(Activation::Silu);
+                    step.inputs = vec![x];
+                    joined[s] = true;
+                }
+            }
+            step
+        })
+        .collect();
+    steps.retain(|step| !joined[step.output]);
+    steps
 }
