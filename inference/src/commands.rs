@@ -120,14 +120,20 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
             mean: rgb("--mean", &args.mean)?,
             std: rgb("--std", &args.std)?,
         },
-        labels,
+        labels: labels.name.clone(),
     };
     spec.validate()?;
-    let label_list = spec.load_labels(&dir)?;
+    // Until the import has succeeded the labels are read where they are: a failed import
+    // leaves nothing behind.
+    let mut reading = spec.clone();
+    if let Some(source) = &labels.copy_from {
+        reading.labels = source.to_string_lossy().into_owned();
+    }
+    let label_list = reading.load_labels(&dir)?;
     let model = Classifier::from_parts(spec.clone(), onnx, label_list, args.device)
         .with_context(|| format!("{} cannot be served", onnx.display()))?;
     if let Some(photos) = &args.verify_with {
-        let ids = spec.load_label_ids(&dir)?;
+        let ids = reading.load_label_ids(&dir)?;
         let classes = ModelClasses {
             labels: model.labels(),
             ids: &ids,
@@ -142,21 +148,39 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(source) = &labels.copy_from {
+        std::fs::copy(source, dir.join(&labels.name))
+            .with_context(|| format!("cannot copy labels from {}", source.display()))?;
+    }
     let out = dir.join(format!("{name}.json"));
     std::fs::write(&out, serde_json::to_string_pretty(&spec)? + "\n")
         .with_context(|| format!("cannot write {}", out.display()))?;
+    let network = model.network();
+    if network.rewrites().any() {
+        println!(
+            "rewrote the graph for {0}×{0} inputs: {1}",
+            args.input_size,
+            network.rewrites()
+        );
+    }
+    if let Some(why) = network.not_native() {
+        eprintln!(
+            "warning: the native CPU kernels do not cover this graph ({why}); it runs on burn's \
+             operations, several times slower (docs/ADDING-A-MODEL.md lists what is covered)"
+        );
+    }
     println!(
-        "imported '{}' ({} classes, input {}×{}) → {}",
+        "imported '{}' ({} classes, input {}×{}, engine {}) → {}",
         model.name(),
         model.labels().len(),
         args.input_size,
         args.input_size,
+        model.backend(),
         out.display()
     );
     Ok(())
 }
 
-/// Label files must sit beside the description so the model folder is self-contained.
 /// Three per-channel values (R, G, B), however they were split on the command line.
 fn rgb(flag: &str, values: &[f32]) -> anyhow::Result<[f32; 3]> {
     <[f32; 3]>::try_from(values).map_err(|_| {
@@ -167,9 +191,22 @@ fn rgb(flag: &str, values: &[f32]) -> anyhow::Result<[f32; 3]> {
     })
 }
 
-fn labels_beside(labels: &str, dir: &Path, name: &str) -> anyhow::Result<String> {
+/// The labels an import names: the file name they have beside the model, and the file to copy
+/// there once the import has succeeded (none for the built-in ImageNet list or a file already
+/// beside the model).
+struct Labels {
+    name: String,
+    copy_from: Option<PathBuf>,
+}
+
+/// Label files must sit beside the description so the model folder is self-contained.
+fn labels_beside(labels: &str, dir: &Path, name: &str) -> anyhow::Result<Labels> {
+    let beside = |name: String| Labels {
+        name,
+        copy_from: None,
+    };
     if labels == IMAGENET_LABELS {
-        return Ok(labels.to_string());
+        return Ok(beside(labels.to_string()));
     }
     let source = PathBuf::from(labels);
     let canonical_parent = |p: &Path| {
@@ -179,10 +216,13 @@ fn labels_beside(labels: &str, dir: &Path, name: &str) -> anyhow::Result<String>
     };
     if source.is_file() && canonical_parent(&source) == dir.canonicalize().ok() {
         let file_name = source.file_name().context("label path has no file name")?;
-        return Ok(file_name.to_string_lossy().into_owned());
+        return Ok(beside(file_name.to_string_lossy().into_owned()));
     }
-    let file_name = format!("{name}.labels.txt");
-    std::fs::copy(&source, dir.join(&file_name))
-        .with_context(|| format!("cannot copy labels from {}", source.display()))?;
-    Ok(file_name)
+    if !source.is_file() {
+        bail!("labels file {} does not exist", source.display());
+    }
+    Ok(Labels {
+        name: format!("{name}.labels.txt"),
+        copy_from: Some(source),
+    })
 }

@@ -258,6 +258,7 @@ async fn open_inference_protocol_v2() {
         .await
         .expect("JSON");
     assert_eq!(meta["name"], "resnet50");
+    assert_eq!(meta["platform"], "onnx-native", "which engine runs it");
     assert_eq!(meta["inputs"][0]["shape"], json!([-1, 3, 224, 224]));
     assert_eq!(meta["outputs"][0]["shape"], json!([-1, 1000]));
     assert_error(

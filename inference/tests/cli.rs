@@ -104,13 +104,27 @@ fn import_refuses_a_graph_it_cannot_run_and_names_the_operator() {
         onnx.display()
     );
     common::python(&["-c", &script]);
-    let out = run(&["import", onnx.to_str().expect("UTF-8")]);
+    // Labels from another folder are copied beside the model only by an import that succeeds.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let labels = elsewhere.path().join("classes.txt");
+    std::fs::write(&labels, "a\nb\nc\n").expect("labels");
+    let out = run(&[
+        "import",
+        onnx.to_str().expect("UTF-8"),
+        "--labels",
+        labels.to_str().expect("UTF-8"),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("Erf") && stderr.contains("not supported"),
         "{stderr}"
     );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["odd.onnx"], "a failed import writes nothing");
 }
 
 struct Server(Child);
@@ -299,6 +313,65 @@ fn import_says_how_many_channel_values_it_needs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--mean takes three values (R, G, B), e.g. --mean 0.5,0.5,0.5; got 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn import_reports_what_it_rewrote_and_which_engine_runs_the_model() {
+    // torch's dynamo export of ResNet18 writes its pooling as ReduceMean and its flatten as a
+    // Reshape to [-1, 512].
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = dir.path().join("resnet18.onnx");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/coverage_models.py");
+    let skeleton = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/coverage/resnet18-dynamo.onnx.gz"
+    );
+    common::python(&[script, "fill", skeleton, onnx.to_str().expect("UTF-8")]);
+    let out = run(&["import", onnx.to_str().expect("UTF-8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for needle in [
+        "rewrote the graph for 224×224 inputs: 1 ReduceMean nodes read as global pooling, \
+         1 Reshapes read as flattening",
+        "engine native",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} in:\n{stdout}");
+    }
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+
+    // Average pooling with ceil_mode is outside the native kernels: imported, loudly.
+    let onnx = dir.path().join("ceil.onnx");
+    let script = format!(
+        "import onnx\nfrom onnx import helper, TensorProto\n\
+         nodes = [helper.make_node('AveragePool', ['input'], ['p'], kernel_shape=[3, 3], \
+                  strides=[2, 2], ceil_mode=1),\n\
+                  helper.make_node('GlobalAveragePool', ['p'], ['output'])]\n\
+         g = helper.make_graph(nodes, 'ceil',\n\
+           [helper.make_tensor_value_info('input', TensorProto.FLOAT, ['N', 3, 224, 224])],\n\
+           [helper.make_tensor_value_info('output', TensorProto.FLOAT, ['N', 3, 1, 1])])\n\
+         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 19)]), r'{}')\n",
+        onnx.display()
+    );
+    common::python(&["-c", &script]);
+    let labels = dir.path().join("rgb.txt");
+    std::fs::write(&labels, "r\ng\nb\n").expect("labels");
+    let out = run(&[
+        "import",
+        onnx.to_str().expect("UTF-8"),
+        "--labels",
+        labels.to_str().expect("UTF-8"),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("engine flex"), "{stdout}");
+    assert!(
+        stderr.contains("warning: the native CPU kernels do not cover this graph")
+            && stderr.contains("ceil_mode"),
         "{stderr}"
     );
 }

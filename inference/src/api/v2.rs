@@ -89,7 +89,8 @@ pub(super) async fn model_metadata(
     Ok(Json(json!({
         "name": c.name(),
         "versions": ["1"],
-        "platform": "onnx-burn",
+        // The engine that runs it: `onnx-native` (our CPU kernels) or burn's backend.
+        "platform": format!("onnx-{}", c.backend()),
         "inputs": [
             {"name": c.network().input_name(), "datatype": "FP32", "shape": [-1, 3, size, size]},
             {"name": "image", "datatype": "BYTES", "shape": [-1]},

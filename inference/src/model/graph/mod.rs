@@ -91,6 +91,8 @@ pub struct Network {
     output_name: String,
     ends_with_softmax: bool,
     rewrites: Rewrites,
+    /// Why the native kernels do not run this graph, when they were asked to and do not.
+    not_native: Option<String>,
 }
 
 /// The names the ONNX file gives its graph input and output. burn's front end renames node
@@ -161,13 +163,22 @@ impl Network {
             &graph.outputs,
             &graph.nodes,
         )?;
+        let ends_with_softmax = imported.ends_with_softmax;
+        let (engine, not_native) = Engine::new(imported, device, dtype, kernels, image_size);
         Ok(Self {
-            ends_with_softmax: imported.ends_with_softmax,
-            engine: Engine::new(imported, device, dtype, kernels, image_size),
+            ends_with_softmax,
+            engine,
             input_name,
             output_name,
             rewrites,
+            not_native,
         })
+    }
+
+    /// Why our native CPU kernels do not run this graph although they were asked to (the
+    /// step and what it needs); burn's operations run it instead, several times slower.
+    pub fn not_native(&self) -> Option<&str> {
+        self.not_native.as_deref()
     }
 
     /// What `rewrite` changed in the file before importing it.
@@ -218,14 +229,14 @@ impl Network {
 
 impl Engine {
     /// Our native kernels when `kernels` asks for them on the CPU and they cover the graph,
-    /// burn's operations otherwise.
+    /// burn's operations otherwise (with the reason the native kernels were not used).
     fn new(
         imported: Imported,
         device: &Device,
         dtype: FloatDType,
         kernels: Kernels,
         image_size: usize,
-    ) -> Self {
+    ) -> (Self, Option<String>) {
         let Imported {
             steps,
             input_slot,
@@ -236,12 +247,17 @@ impl Engine {
         let steps = passes::join_silu(steps, slots, output_slot);
         let mut steps = passes::fold_batch_norms(steps, slots, output_slot);
         let cpu = *device == Device::flex();
+        let mut not_native = None;
         if kernels == Kernels::Native && cpu {
             match Plan::compile(&steps, input_slot, output_slot, slots, image_size) {
-                Ok(plan) => return Self::Native(plan),
-                Err(why) => tracing::warn!(
-                    "native CPU kernels do not cover this graph ({why}); running burn's operations"
-                ),
+                Ok(plan) => return (Self::Native(plan), None),
+                Err(why) => {
+                    tracing::warn!(
+                        "native CPU kernels do not cover this graph ({why}); running burn's \
+                         operations"
+                    );
+                    not_native = Some(why);
+                }
             }
         }
         // On the CPU, use every core: a batch is split across threads (`BurnGraph::forward`),
@@ -251,12 +267,13 @@ impl Engine {
             passes::split_convolutions(&mut steps);
         }
         let schedule = Schedule::new(&steps, input_slot, output_slot, slots);
-        Self::Burn(BurnGraph {
+        let engine = Self::Burn(BurnGraph {
             steps,
             schedule,
             threads,
             device: device.clone(),
             dtype,
-        })
+        });
+        (engine, not_native)
     }
 }

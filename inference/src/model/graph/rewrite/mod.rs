@@ -43,6 +43,31 @@ pub struct Rewrites {
     pub external_inlined: usize,
 }
 
+impl std::fmt::Display for Rewrites {
+    /// What changed, in words, e.g. "4 shape-arithmetic nodes folded, 16 pads merged".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            (self.folded, "shape-arithmetic nodes evaluated"),
+            (self.pads_merged, "Pad nodes merged into convolutions"),
+            (self.means_pooled, "ReduceMean nodes read as global pooling"),
+            (self.flattens, "Reshapes read as flattening"),
+            (
+                self.external_inlined,
+                "weights read from an external data file",
+            ),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect();
+        if parts.is_empty() {
+            f.write_str("nothing rewritten")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 impl Rewrites {
     /// Whether the file changed (and must be handed to onnx-ir as rewritten bytes).
     pub fn any(&self) -> bool {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Model-only speed per network family (docs/PERFORMANCE.md "Speed per family"): each network
+# of the coverage table (the dynamo export, random weights) run by `inference bench` and by
+# ONNX Runtime on the same file, same batch sizes, one after the other in one run.
+#
+#   inference/scripts/bench-families.sh [BIN_DIR] [NETWORK...]
+#
+# BIN_DIR holds the release `inference` binary (default: cargo's target dir). Prints one
+# Markdown table: median ms at batch 1, images/s at batch 8, and the ratios to ORT.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+bin_dir="${1:-${CARGO_TARGET_DIR:-$here/../../target}/release}"
+shift || true
+networks=("$@")
+if [ ${#networks[@]} -eq 0 ]; then
+    networks=(resnet18 resnet50 vgg11 mobilenet_v2 mobilenet_v3_small mobilenet_v3_large
+        efficientnet_b0 regnet_y_400mf densenet121 squeezenet1_0)
+fi
+python="${PYTHON:-python3}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+field() { # field JSON_FILE BATCH KEY
+    "$python" -c 'import json,sys; r=[x for x in json.load(open(sys.argv[1]))["results"] if x["batch"]==int(sys.argv[2])][0]; print("%.1f" % r[sys.argv[3]])' "$@"
+}
+
+echo "| network | ours b1 ms | ORT b1 ms | ratio (≤ 1.5) | ours b8 img/s | ORT b8 img/s | ratio (≥ 0.8) |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for net in "${networks[@]}"; do
+    skeleton="$here/../tests/coverage/$net-dynamo.onnx.gz"
+    "$python" "$here/coverage_models.py" fill "$skeleton" "$work/$net.onnx"
+    "$bin_dir/inference" import "$work/$net.onnx" --labels imagenet > /dev/null
+    "$bin_dir/inference" bench --model "$work/$net.json" --batch-sizes 1,8 --json > "$work/ours.json"
+    "$python" "$here/bench_ort.py" "$work/$net.onnx" --batch-sizes 1,8 --json > "$work/ort.json"
+    ours1=$(field "$work/ours.json" 1 median_ms)
+    ort1=$(field "$work/ort.json" 1 median_ms)
+    ours8=$(field "$work/ours.json" 8 images_per_s)
+    ort8=$(field "$work/ort.json" 8 images_per_s)
+    ratio1=$("$python" -c "print('%.2f' % ($ours1 / $ort1))")
+    ratio8=$("$python" -c "print('%.2f' % ($ours8 / $ort8))")
+    echo "| $net | $ours1 | $ort1 | $ratio1 | $ours8 | $ort8 | $ratio8 |"
+    rm -f "$work/$net".*
+done
