@@ -199,7 +199,11 @@ pub fn finish_rows(block: &mut [f32], bias: &[f32], activation: Option<Activatio
         Some(Activation::Relu) => rows(block, bias, |v| v.max(0.0)),
         Some(Activation::Clip { min, max }) => rows(block, bias, |v| v.clamp(min, max)),
         Some(Activation::HardSwish) => rows(block, bias, |v| Activation::HardSwish.apply(v)),
-        Some(other) => rows(block, bias, |v| other.apply(v)),
+        Some(Activation::Silu) => rows(block, bias, |v| Activation::Silu.apply(v)),
+        Some(Activation::Sigmoid) => rows(block, bias, |v| Activation::Sigmoid.apply(v)),
+        Some(Activation::HardSigmoid { alpha, beta }) => rows(block, bias, |v| {
+            Activation::HardSigmoid { alpha, beta }.apply(v)
+        }),
     }
 }
 
@@ -528,45 +532,70 @@ impl Conv {
         data: &mut [f32],
         accumulate: Accumulate,
     ) {
-        let (cin, cout) = (self.cin, self.cout);
-        let (cig, cog) = (cin / groups, cout / groups);
+        let cin = self.cin;
+        let cog = self.cout / groups;
         let [_, kw] = self.window.kernel;
-        data.par_chunks_mut(w * cout)
+        let undilated = self.window.dilation[1] == 1;
+        data.par_chunks_mut(w * self.cout)
             .enumerate()
             .for_each(|(line, out_line)| {
                 let (image, oy) = (line / h, line % h);
-                for (ox, out) in out_line.chunks_mut(cout).enumerate() {
-                    if matches!(accumulate, Accumulate::No) {
-                        out.fill(0.0);
-                    }
-                    for (ky, iy) in self.window.taps(0, oy, x.h).enumerate() {
-                        let Some(iy) = iy else { continue };
-                        for (kx, ix) in self.window.taps(1, ox, x.w).enumerate() {
-                            let Some(ix) = ix else { continue };
-                            let at = ((image * x.h + iy) * x.w + ix) * cin;
-                            let pixel = &x.data[at..at + cin];
-                            let taps = &weight[(ky * kw + kx) * cin * cog..][..cin * cog];
-                            if cig == 1 && cog == 1 {
-                                // Depthwise: one weight per channel, all channels at once.
-                                for ((o, v), k) in out.iter_mut().zip(pixel).zip(taps) {
-                                    *o += v * k;
-                                }
-                                continue;
+                if matches!(accumulate, Accumulate::No) {
+                    out_line.fill(0.0);
+                }
+                for (ky, iy) in self.window.taps(0, oy, x.h).enumerate() {
+                    let Some(iy) = iy else { continue };
+                    let input = &x.data[(image * x.h + iy) * x.w * cin..][..x.w * cin];
+                    let row = &weight[ky * kw * cin * cog..][..kw * cin * cog];
+                    for (ox, out) in out_line.chunks_mut(self.cout).enumerate() {
+                        if undilated {
+                            // The taps inside the input are adjacent pixels: one run.
+                            let run = self.window.inside(1, ox, x.w);
+                            let pixels = &input[run.first_input * cin..][..run.count * cin];
+                            let taps = &row[run.first_tap * cin * cog..][..run.count * cin * cog];
+                            for (pixel, tap) in
+                                pixels.chunks_exact(cin).zip(taps.chunks_exact(cin * cog))
+                            {
+                                accumulate_tap(out, pixel, tap, groups);
                             }
-                            for (g, out) in out.chunks_mut(cog).enumerate() {
-                                for ci in 0..cig {
-                                    let v = pixel[g * cig + ci];
-                                    let row = &taps[(g * cig + ci) * cog..][..cog];
-                                    for (o, k) in out.iter_mut().zip(row) {
-                                        *o += v * k;
-                                    }
-                                }
+                        } else {
+                            let columns = self.window.taps(1, ox, x.w);
+                            for (kx, ix) in columns.enumerate() {
+                                let Some(ix) = ix else { continue };
+                                let pixel = &input[ix * cin..][..cin];
+                                let tap = &row[kx * cin * cog..][..cin * cog];
+                                accumulate_tap(out, pixel, tap, groups);
                             }
                         }
                     }
                 }
                 finish_rows(out_line, &self.bias, self.epilogue.activation);
             });
+    }
+}
+
+/// One kernel tap of a grouped convolution into one output pixel: `out[g·cog + o] +=
+/// Σ_ci pixel[g·cig + ci] · tap[(g·cig + ci)·cog + o]`.
+#[inline(always)]
+fn accumulate_tap(out: &mut [f32], pixel: &[f32], tap: &[f32], groups: usize) {
+    let (cig, cog) = (pixel.len() / groups, out.len() / groups);
+    if cig == 1 && cog == 1 {
+        // Depthwise: one weight per channel, all channels at once.
+        for ((o, v), k) in out.iter_mut().zip(pixel).zip(tap) {
+            *o += v * k;
+        }
+        return;
+    }
+    for ((out, inputs), weights) in out
+        .chunks_exact_mut(cog)
+        .zip(pixel.chunks_exact(cig))
+        .zip(tap.chunks_exact(cig * cog))
+    {
+        for (&v, row) in inputs.iter().zip(weights.chunks_exact(cog)) {
+            for (o, k) in out.iter_mut().zip(row) {
+                *o += v * k;
+            }
+        }
     }
 }
 

@@ -179,10 +179,7 @@ impl Kernel {
                 }
                 Value::Map(Arc::new(x))
             }
-            NativeOp::Activation(activation) => match activation {
-                Activation::Relu => first.map_values(|v| v.max(0.0)),
-                other => first.map_values(|v| other.apply(v)),
-            },
+            NativeOp::Activation(activation) => first.activate(*activation),
             NativeOp::Pool(window, kind) => {
                 let x = self.map(first)?;
                 let out = kernels::pool(&x, window, *kind).map_err(|e| self.error(e))?;
@@ -288,6 +285,20 @@ fn release(map: Arc<Map>) {
 }
 
 impl Value {
+    /// The activation applied to every value, compiled once per kind of activation.
+    fn activate(self, activation: Activation) -> Value {
+        match activation {
+            Activation::Relu => self.map_values(|v| v.max(0.0)),
+            Activation::Clip { min, max } => self.map_values(|v| v.clamp(min, max)),
+            Activation::HardSwish => self.map_values(|v| Activation::HardSwish.apply(v)),
+            Activation::Silu => self.map_values(|v| Activation::Silu.apply(v)),
+            Activation::Sigmoid => self.map_values(|v| Activation::Sigmoid.apply(v)),
+            Activation::HardSigmoid { alpha, beta } => {
+                self.map_values(|v| Activation::HardSigmoid { alpha, beta }.apply(v))
+            }
+        }
+    }
+
     fn map_values(self, f: impl Fn(f32) -> f32) -> Value {
         match self {
             Value::Map(m) => {
