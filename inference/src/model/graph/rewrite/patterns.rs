@@ -84,6 +84,7 @@ fn merge_pads(graph: &mut GraphProto) -> usize {
         .iter()
         .filter_map(|t| Some((t.name.clone(), int_values(t)?)))
         .collect();
+    // The pad value: an initializer, or a Constant node (torch's TorchScript exporter).
     let zero_value = |graph: &GraphProto, name: Option<&String>| match name {
         None => true,
         Some(name) if name.is_empty() => true,
@@ -91,6 +92,13 @@ fn merge_pads(graph: &mut GraphProto) -> usize {
             .initializer
             .iter()
             .find(|t| &t.name == name)
+            .or_else(|| {
+                let constant = graph
+                    .node
+                    .iter()
+                    .find(|n| n.op_type == "Constant" && n.output.first() == Some(name))?;
+                attribute(constant, "value")?.t.as_ref()
+            })
             .and_then(float_values)
             .is_some_and(|v| v.iter().all(|&x| x == 0.0)),
     };

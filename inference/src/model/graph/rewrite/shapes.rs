@@ -301,23 +301,28 @@ impl Walk {
             }
             "Slice" => {
                 let data = value(0)?;
-                if data.shape.len() != 1 {
-                    return None;
-                }
                 let (starts, ends, steps) = match ints_attribute(node, "starts") {
                     Some(starts) => (starts, ints_attribute(node, "ends")?, vec![1]),
                     None => (ints(1)?, ints(2)?, ints(4).unwrap_or_else(|| vec![1])),
                 };
                 let axes = ints_attribute(node, "axes").or_else(|| ints(3));
-                if axes.is_some_and(|a| a != [0] && a != [-1]) || starts.len() != 1 {
+                // One axis, the first: how torch's exporter reverses its pads (`[::-1]` on a
+                // `[-1, 2]` reshape of them).
+                let first_axis = axes.is_none_or(|a| a == [0] || a == [-(data.shape.len() as i64)]);
+                if !first_axis || starts.len() != 1 || data.shape.is_empty() {
                     return None;
                 }
-                one(Known::vector(slice(
-                    &data.values,
-                    starts[0],
-                    ends[0],
-                    steps[0],
-                )?))
+                let row: usize = data.shape[1..].iter().product();
+                let rows: Vec<Dim> = (0..data.shape[0] as i64).map(Dim::Fixed).collect();
+                let picked = slice(&rows, starts[0], ends[0], steps[0])?;
+                let mut shape = data.shape.clone();
+                shape[0] = picked.len();
+                let values = picked
+                    .iter()
+                    .filter_map(|r| r.fixed())
+                    .flat_map(|r| data.values[r as usize * row..][..row].to_vec())
+                    .collect();
+                one(Known { shape, values })
             }
             "ConstantOfShape" => {
                 let shape: Vec<usize> = ints(0)?.iter().map(|&d| d.max(0) as usize).collect();

@@ -327,3 +327,54 @@ fn reshape_targets_resolve_as_onnx_defines_them() {
         Some(map.to_vec())
     );
 }
+
+#[test]
+fn torchs_computed_pads_are_evaluated_and_merged() {
+    // F.pad(x, [0, 1, 0, 1]) as the TorchScript exporter writes it (opset 17): the pads are
+    // built from constants at run time, reversed pairwise, and cast.
+    let mut zeros = node("ConstantOfShape", &["four"], &["zeros"]);
+    zeros.attribute.push({
+        let mut a = AttributeProto::new();
+        a.name = "value".into();
+        a.t = protobuf::MessageField::some(int64_tensor("", &[1], vec![0]));
+        a
+    });
+    let mut m = model(
+        vec![
+            zeros,
+            node("Concat", &["torch_pads", "zeros"], &["all"]),
+            node("Reshape", &["all", "pairs_shape"], &["pairs"]),
+            node(
+                "Slice",
+                &["pairs", "minus_one", "very_negative", "zero", "minus_one"],
+                &["reversed"],
+            ),
+            with_ints(
+                node("Transpose", &["reversed"], &["columns"]),
+                "perm",
+                &[1, 0],
+            ),
+            node("Reshape", &["columns", "minus_one"], &["flat"]),
+            with_int(node("Cast", &["flat"], &["pads"]), "to", 7),
+            node("Pad", &["x", "pads"], &["p"]),
+            node("Conv", &["p", "w"], &["y"]),
+        ],
+        vec![
+            int64_tensor("four", &[1], vec![4]),
+            int64_tensor("torch_pads", &[4], vec![0, 1, 0, 1]),
+            int64_tensor("pairs_shape", &[2], vec![-1, 2]),
+            int64_tensor("minus_one", &[1], vec![-1]),
+            int64_tensor("very_negative", &[1], vec![i64::MIN + 1]),
+            int64_tensor("zero", &[1], vec![0]),
+            weight("w", &[4, 3, 3, 3]),
+        ],
+    );
+    let rewrites = prepare(&mut m, Path::new("."), 8).expect("rewrites");
+    assert_eq!((rewrites.folded, rewrites.pads_merged), (7, 1));
+    assert_eq!(ops(&m), ["Conv"]);
+    // Right and bottom by one: ONNX [top, left, bottom, right].
+    assert_eq!(
+        ints_attribute(&m.graph.node[0], "pads"),
+        Some(vec![0, 0, 1, 1])
+    );
+}
