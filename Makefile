@@ -210,6 +210,11 @@ bench-loadgen: ## loadgen vs oha and wrk, and open-loop accuracy (needs nginx, w
 	$(RELEASE_BUILD)
 	loadgen/bench/compare.sh
 
+.PHONY: bench-families
+bench-families: deps ## model-only speed per network family (the coverage table) vs ONNX Runtime, batch 1 and 8
+	$(RELEASE_BUILD)
+	PYTHON=$(PYTHON) inference/scripts/bench-families.sh $(RELEASE_BIN)
+
 .PHONY: bench
 bench: deps ## model-only speed: burn vs ONNX Runtime on the same ONNX file, same machine
 	$(RELEASE_BUILD)
