@@ -3,7 +3,7 @@
 Pillow implementation of torchvision's ResNet preprocessing.
 
   reference.py logits MODEL.onnx INPUT.f32 N SIZE OUTPUT.f32
-  reference.py preprocess IMAGE SIZE RESIZE OUTPUT.f32
+  reference.py preprocess IMAGE SIZE RESIZE OUTPUT.f32 [bilinear|bicubic] [shorter-then-crop|squash]
 
 Tensors are raw little-endian float32, row-major.
 """
@@ -29,18 +29,22 @@ def logits(model, input_path, n, size, output_path):
     out.astype("<f4").tofile(output_path)
 
 
-def preprocess(image_path, size, resize, output_path):
+def preprocess(image_path, size, resize, output_path, interpolation="bilinear", mode="shorter-then-crop"):
     from PIL import Image
 
     size, resize = int(size), int(resize)
     img = Image.open(image_path).convert("RGB")
     w, h = img.size
-    # torchvision.transforms.Resize(resize): shorter side -> resize, longer side truncated.
-    if w <= h:
+    if mode == "squash":
+        # torchvision.transforms.Resize((size, size))
+        nw, nh = size, size
+    elif w <= h:
+        # torchvision.transforms.Resize(resize): shorter side -> resize, longer side truncated.
         nw, nh = resize, int(resize * h / w)
     else:
         nw, nh = int(resize * w / h), resize
-    img = img.resize((nw, nh), Image.BILINEAR)
+    filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+    img = img.resize((nw, nh), filters[interpolation])
     # torchvision.transforms.CenterCrop(size)
     top = int(round((nh - size) / 2.0))
     left = int(round((nw - size) / 2.0))

@@ -110,6 +110,10 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
             .to_string(),
     };
     let labels = labels_beside(&args.labels, &dir, &name)?;
+    let (mean, std) = match args.normalize {
+        Some(preset) => preset.mean_std(),
+        None => (rgb("--mean", &args.mean)?, rgb("--std", &args.std)?),
+    };
     let spec = ModelSpec {
         name: name.clone(),
         onnx: PathBuf::from(onnx.file_name().context("ONNX path has no file name")?),
@@ -117,8 +121,10 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
         preprocess: Preprocess {
             input_size: args.input_size,
             resize_shorter: args.resize_shorter,
-            mean: rgb("--mean", &args.mean)?,
-            std: rgb("--std", &args.std)?,
+            mean,
+            std,
+            interpolation: args.interpolation,
+            resize: args.resize,
         },
         labels: labels.name.clone(),
     };

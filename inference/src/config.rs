@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::spec::{Interpolation, Normalization, Resize};
 use crate::model::{DeviceChoice, Precision, Target};
 
 /// ResNet50 (and other ONNX image classifiers) served with burn.
@@ -181,15 +182,27 @@ pub struct ImportArgs {
     /// Side of the square network input.
     #[arg(long, default_value_t = 224)]
     pub input_size: u32,
-    /// The shorter side is resized to this before the centre crop.
+    /// The shorter side is resized to this before the centre crop (with `--resize
+    /// shorter-then-crop`).
     #[arg(long, default_value_t = 256)]
     pub resize_shorter: u32,
+    /// How the image is brought to the input size: resize the shorter side then centre-crop
+    /// (torchvision's evaluation transform), or squash the whole image to the input size.
+    #[arg(long, value_enum, default_value_t = Resize::ShorterThenCrop)]
+    pub resize: Resize,
+    /// The resampling filter the model was trained with (EfficientNets: bicubic).
+    #[arg(long, value_enum, default_value_t = Interpolation::Bilinear)]
+    pub interpolation: Interpolation,
     /// Per-channel mean (RGB, in [0, 1] units): `0.485,0.456,0.406` or `0.485 0.456 0.406`.
     #[arg(long, value_delimiter = ',', num_args = 1..=3, default_values_t = [0.485, 0.456, 0.406])]
     pub mean: Vec<f32>,
     /// Per-channel standard deviation (RGB), written as --mean is.
     #[arg(long, value_delimiter = ',', num_args = 1..=3, default_values_t = [0.229, 0.224, 0.225])]
     pub std: Vec<f32>,
+    /// A named normalisation instead of --mean/--std: imagenet (the default values), inception
+    /// ((x − 0.5) / 0.5) or tflite ((x·255 − 127.5) / 128).
+    #[arg(long, value_enum, conflicts_with_all = ["mean", "std"])]
+    pub normalize: Option<Normalization>,
     /// Backend used to check that the model runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,

@@ -375,3 +375,21 @@ fn import_reports_what_it_rewrote_and_which_engine_runs_the_model() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_named_normalisation_and_explicit_values_do_not_mix() {
+    let out = run(&[
+        "import",
+        "x.onnx",
+        "--normalize",
+        "tflite",
+        "--mean",
+        "0.5,0.5,0.5",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--normalize") && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
+}

@@ -5,6 +5,7 @@ mod common;
 
 use common::{LOGIT_BOUND, inputs, onnx_runtime_logits, std_dev, top5};
 use image::ImageFormat;
+use inference::model::spec::{Interpolation, Resize};
 use inference::model::{Classifier, DeviceChoice, Precision, Preprocess, Target};
 
 fn check_against_onnx_runtime(model_name: &str, device: DeviceChoice, backend: &str) {
@@ -121,45 +122,86 @@ fn half_precision_stays_close_to_onnx_runtime() {
 /// smaller still.
 #[test]
 fn preprocessing_matches_pillow_reference() {
-    let params = Preprocess::imagenet();
-    let bound = 2.0 / 255.0 / 0.224;
+    // In normalised units: grey levels / 255 / the smallest std.
+    let levels = |n: f32| n / 255.0 / 0.224;
     let tmp = tempfile::tempdir().expect("temp dir");
-    for (width, height, seed) in [
+    let images = [
         (640, 480, 1),
         (333, 500, 2),
         (256, 256, 3),
         (1000, 301, 4),
         (224, 224, 5),
-    ] {
-        let png = common::encode(&common::test_image(width, height, seed), ImageFormat::Png);
-        let path = tmp.path().join(format!("{width}x{height}.png"));
-        std::fs::write(&path, &png).expect("write png");
-        let out = tmp.path().join(format!("{width}x{height}.f32"));
-        common::python(&[
-            &common::reference_script(),
-            "preprocess",
-            path.to_str().expect("UTF-8"),
-            "224",
-            "256",
-            out.to_str().expect("UTF-8"),
-        ]);
-        let reference = common::read_f32(&out);
-        let ours = inference::model::preprocess::preprocess(&png, &params).expect("valid PNG");
-        assert_eq!(ours.data.len(), reference.len());
-        let diffs: Vec<f32> = ours
-            .data
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .collect();
-        let worst = diffs.iter().copied().fold(0.0f32, f32::max);
-        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
-        println!("{width}x{height}: max diff {worst:.4}, mean diff {mean:.5}");
-        assert!(
-            worst <= bound,
-            "{width}x{height}: max diff {worst} > {bound}"
-        );
-        assert!(mean <= bound / 10.0, "{width}x{height}: mean diff {mean}");
+    ];
+    let settings = [
+        (
+            Interpolation::Bilinear,
+            Resize::ShorterThenCrop,
+            "bilinear",
+            "shorter-then-crop",
+        ),
+        (
+            Interpolation::Bicubic,
+            Resize::ShorterThenCrop,
+            "bicubic",
+            "shorter-then-crop",
+        ),
+        (
+            Interpolation::Bilinear,
+            Resize::Squash,
+            "bilinear",
+            "squash",
+        ),
+        (Interpolation::Bicubic, Resize::Squash, "bicubic", "squash"),
+    ];
+    for (interpolation, resize, filter, mode) in settings {
+        // Bilinear agrees within 2 grey levels everywhere. Bicubic overshoots at the test
+        // images' 255 → 0 wraps, where the two libraries clamp their 8-bit intermediate pass
+        // differently: a few pixels there differ by up to ~20 levels, so for bicubic it is
+        // the share of values off by more than 2 levels that is bounded. The mean stays below
+        // 0.2 levels either way (Pillow's bilinear and bicubic differ by ~8 on average on such
+        // images, so a wrong filter cannot pass).
+        let bound = levels(2.0);
+        let outliers_allowed = if filter == "bicubic" { 0.005 } else { 0.0 };
+        let mean_bound = levels(0.2);
+        let params = Preprocess {
+            interpolation,
+            resize,
+            ..Preprocess::imagenet()
+        };
+        for (width, height, seed) in images {
+            let png = common::encode(&common::test_image(width, height, seed), ImageFormat::Png);
+            let path = tmp.path().join(format!("{width}x{height}.png"));
+            std::fs::write(&path, &png).expect("write png");
+            let out = tmp.path().join(format!("{width}x{height}.f32"));
+            common::python(&[
+                &common::reference_script(),
+                "preprocess",
+                path.to_str().expect("UTF-8"),
+                "224",
+                "256",
+                out.to_str().expect("UTF-8"),
+                filter,
+                mode,
+            ]);
+            let reference = common::read_f32(&out);
+            let ours = inference::model::preprocess::preprocess(&png, &params).expect("valid PNG");
+            assert_eq!(ours.data.len(), reference.len());
+            let diffs: Vec<f32> = (ours.data.iter().zip(&reference))
+                .map(|(a, b)| (a - b).abs())
+                .collect();
+            let worst = diffs.iter().copied().fold(0.0f32, f32::max);
+            let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+            let what = format!("{width}x{height} {filter} {mode}");
+            let outliers = diffs.iter().filter(|&&d| d > bound).count() as f32 / diffs.len() as f32;
+            println!(
+                "{what}: max diff {worst:.4}, mean diff {mean:.5}, beyond 2 levels {outliers:.5}"
+            );
+            assert!(
+                outliers <= outliers_allowed,
+                "{what}: {outliers} of the values differ by more than {bound} (max {worst})"
+            );
+            assert!(mean <= mean_bound, "{what}: mean diff {mean}");
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! Encoded image bytes → normalised `[3, S, S]` input, the way torchvision's ResNet transforms
-//! do it: resize the shorter side (bilinear, antialiased), centre-crop, scale to [0, 1],
-//! normalise per channel, channels first.
+//! Encoded image bytes → normalised `[3, S, S]` input, the way torchvision's transforms do it:
+//! resize the shorter side (bilinear or bicubic, antialiased) and centre-crop, or resize the
+//! whole image to `S × S`; scale to [0, 1], normalise per channel, channels first.
 //!
-//! `fast_image_resize`'s bilinear convolution matches Pillow within 1–2 grey levels and is
+//! `fast_image_resize`'s convolutions match Pillow within 1–2 grey levels and are
 //! ~15× faster than the `image` crate's resize; decoding uses the `image` crate with limits so
 //! that a small file claiming huge dimensions (a decompression bomb) is refused before any
 //! allocation.
@@ -13,7 +13,7 @@ use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageFormat, ImageReader, Limits};
 
-use super::spec::Preprocess;
+use super::spec::{Interpolation, Preprocess, Resize};
 
 /// Largest accepted width or height. Cameras top out around 8k; a 12k side is generous and
 /// keeps a decoded RGBA frame under ~600 MB.
@@ -50,7 +50,11 @@ pub struct InputImage {
 /// Decodes, resizes, crops and normalises one encoded image.
 pub fn preprocess(bytes: &[u8], params: &Preprocess) -> Result<InputImage, PreprocessError> {
     let rgb = decode_rgb(bytes)?;
-    let resized = resize_shorter_side(&rgb, params.resize_shorter)?;
+    let size = match params.resize {
+        Resize::ShorterThenCrop => resized_dims(rgb.width, rgb.height, params.resize_shorter),
+        Resize::Squash => (params.input_size, params.input_size),
+    };
+    let resized = resize(&rgb, size, params.interpolation)?;
     Ok(crop_and_normalize(&resized, params))
 }
 
@@ -131,12 +135,20 @@ pub fn resized_dims(width: u32, height: u32, shorter: u32) -> (u32, u32) {
     }
 }
 
-fn resize_shorter_side(rgb: &Rgb, shorter: u32) -> Result<Rgb, PreprocessError> {
-    let (width, height) = resized_dims(rgb.width, rgb.height, shorter);
+fn resize(
+    rgb: &Rgb,
+    (width, height): (u32, u32),
+    interpolation: Interpolation,
+) -> Result<Rgb, PreprocessError> {
     let src = ImageRef::new(rgb.width, rgb.height, &rgb.pixels, PixelType::U8x3)
         .map_err(|e| PreprocessError::TooLarge(e.to_string()))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let filter = match interpolation {
+        Interpolation::Bilinear => FilterType::Bilinear,
+        // Pillow's BICUBIC is the cubic convolution with a = −0.5, i.e. Catmull-Rom.
+        Interpolation::Bicubic => FilterType::CatmullRom,
+    };
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|e| PreprocessError::TooLarge(e.to_string()))?;

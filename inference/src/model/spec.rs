@@ -23,6 +23,60 @@ pub struct Preprocess {
     pub mean: [f32; 3],
     /// Per-channel standard deviation (RGB).
     pub std: [f32; 3],
+    /// How pixels are resampled (absent in older descriptions: bilinear).
+    #[serde(default)]
+    pub interpolation: Interpolation,
+    /// Whether the image is resized by its shorter side and centre-cropped, or squashed to the
+    /// input size (absent in older descriptions: crop).
+    #[serde(default)]
+    pub resize: Resize,
+}
+
+/// The resampling filter, as torchvision's `InterpolationMode` (antialiased, as Pillow does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// torchvision's default, and ResNet's, VGG's, MobileNet's.
+    #[default]
+    Bilinear,
+    /// EfficientNet's and several timm models' (Pillow's bicubic, a = −0.5).
+    Bicubic,
+}
+
+/// How an image is brought to the input size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// `Resize(resize_shorter)` then `CenterCrop(input_size)`: torchvision's evaluation
+    /// transform.
+    #[default]
+    ShorterThenCrop,
+    /// `Resize((input_size, input_size))`: the whole image, aspect ratio not kept (some
+    /// TensorFlow-trained models).
+    Squash,
+}
+
+/// Named normalisations (`inference import --normalize`), as mean and std after scaling pixels
+/// to [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Normalization {
+    /// ImageNet's channel statistics: torchvision's models.
+    Imagenet,
+    /// `(x − 0.5) / 0.5`, to [−1, 1]: Inception-style and many TensorFlow models.
+    Inception,
+    /// `(x·255 − 127.5) / 128`: TensorFlow Lite's EfficientNet-Lite and MobileNet exports.
+    Tflite,
+}
+
+impl Normalization {
+    /// `(mean, std)` per channel for [0, 1] pixels.
+    pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Self::Imagenet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            Self::Inception => ([0.5; 3], [0.5; 3]),
+            Self::Tflite => ([127.5 / 255.0; 3], [128.0 / 255.0; 3]),
+        }
+    }
 }
 
 impl Preprocess {
@@ -33,6 +87,8 @@ impl Preprocess {
             resize_shorter: 256,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
+            interpolation: Interpolation::Bilinear,
+            resize: Resize::ShorterThenCrop,
         }
     }
 
@@ -201,5 +257,26 @@ mod tests {
         spec.preprocess = Preprocess::imagenet();
         spec.preprocess.std[1] = 0.0;
         assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn older_descriptions_keep_bilinear_crop_and_new_ones_name_their_resampling() {
+        let old = r#"{"name": "m", "onnx": "m.onnx", "labels": "imagenet",
+            "preprocess": {"input_size": 224, "resize_shorter": 256,
+                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}"#;
+        let spec: ModelSpec = serde_json::from_str(old).expect("a description without them");
+        assert_eq!(spec.preprocess.interpolation, Interpolation::Bilinear);
+        assert_eq!(spec.preprocess.resize, Resize::ShorterThenCrop);
+        let new = old.replace(
+            r#""std": [0.5, 0.5, 0.5]"#,
+            r#""std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize": "squash""#,
+        );
+        let spec: ModelSpec = serde_json::from_str(&new).expect("with them");
+        assert_eq!(spec.preprocess.interpolation, Interpolation::Bicubic);
+        assert_eq!(spec.preprocess.resize, Resize::Squash);
+        let (mean, std) = Normalization::Tflite.mean_std();
+        // (x·255 − 127.5) / 128 for a mid-grey pixel of 200.
+        let x = 200.0 / 255.0;
+        assert!(((x - mean[0]) / std[0] - (200.0 - 127.5) / 128.0).abs() < 1e-6);
     }
 }
