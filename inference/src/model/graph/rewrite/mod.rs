@@ -148,7 +148,7 @@ fn inline_external_data(model: &mut ModelProto, dir: &Path) -> Result<usize, Str
 }
 
 /// Drops nodes none of whose outputs is read by another node or is the graph output, and the
-/// initializers no node reads any more.
+/// initializers no node reads any more (with their graph-input entries).
 fn remove_dead_nodes(graph: &mut GraphProto) {
     let mut live: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     let mut keep = vec![false; graph.node.len()];
@@ -163,7 +163,16 @@ fn remove_dead_nodes(graph: &mut GraphProto) {
         index += 1;
         keep[index - 1]
     });
-    graph.initializer.retain(|t| live.contains(&t.name));
+    let dropped: HashSet<String> = graph
+        .initializer
+        .iter()
+        .filter(|t| !live.contains(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    graph.initializer.retain(|t| !dropped.contains(&t.name));
+    // Older exporters list weights among the graph inputs too: a dropped one must not be
+    // left there looking like a second input.
+    graph.input.retain(|i| !dropped.contains(&i.name));
 }
 
 /// An attribute of `node`, if set.

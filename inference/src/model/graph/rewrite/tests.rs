@@ -61,6 +61,17 @@ fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>) -> ModelProto {
     model
 }
 
+/// Every initializer also listed among the graph inputs, as ONNX files before IR 4 have them.
+fn with_weights_as_inputs(mut m: ModelProto) -> ModelProto {
+    let graph = m.graph.mut_or_insert_default();
+    for tensor in graph.initializer.clone() {
+        let mut input = ValueInfoProto::new();
+        input.name = tensor.name;
+        graph.input.push(input);
+    }
+    m
+}
+
 fn ops(model: &ModelProto) -> Vec<String> {
     model.graph.node.iter().map(|n| n.op_type.clone()).collect()
 }
@@ -133,7 +144,7 @@ fn fixed_shape_arithmetic_is_folded_into_an_initializer() {
 
 #[test]
 fn zero_padding_before_a_convolution_becomes_its_padding() {
-    let mut m = model(
+    let mut m = with_weights_as_inputs(model(
         vec![
             node("Pad", &["x", "pads"], &["p"]),
             with_ints(node("Conv", &["p", "w"], &["y"]), "strides", &[2, 2]),
@@ -142,9 +153,11 @@ fn zero_padding_before_a_convolution_becomes_its_padding() {
             int64_tensor("pads", &[8], vec![0, 0, 0, 1, 0, 0, 1, 2]),
             weight("w", &[4, 3, 3, 3]),
         ],
-    );
+    ));
     let rewrites = prepare(&mut m, Path::new("."), 8).expect("rewrites");
     assert_eq!(rewrites.pads_merged, 1);
+    let inputs: Vec<&str> = m.graph.input.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(inputs, ["x", "w"], "the dropped pads left the inputs too");
     assert_eq!(ops(&m), ["Conv"]);
     let conv = &m.graph.node[0];
     assert_eq!(conv.input[0], "x");
