@@ -158,11 +158,7 @@ fn remove_dead_nodes(graph: &mut GraphProto) {
             live.extend(node.input.iter().filter(|i| !i.is_empty()).cloned());
         }
     }
-    let mut index = 0;
-    graph.node.retain(|_| {
-        index += 1;
-        keep[index - 1]
-    });
+    keep_nodes(graph, &keep);
     let dropped: HashSet<String> = graph
         .initializer
         .iter()
@@ -173,6 +169,26 @@ fn remove_dead_nodes(graph: &mut GraphProto) {
     // Older exporters list weights among the graph inputs too: a dropped one must not be
     // left there looking like a second input.
     graph.input.retain(|i| !dropped.contains(&i.name));
+}
+
+/// Keeps the nodes whose entry in `keep` (one per node, in order) is true.
+pub(super) fn keep_nodes(graph: &mut GraphProto, keep: &[bool]) {
+    let mut kept = keep.iter();
+    graph.node.retain(|_| kept.next().copied().unwrap_or(true));
+}
+
+/// Points a Reshape at a new `int64` target, an initializer named after its output plus
+/// `suffix`, read with ONNX's default meaning of `0` ("keep this dimension of the input").
+pub(super) fn retarget_reshape(
+    initializers: &mut Vec<TensorProto>,
+    node: &mut NodeProto,
+    suffix: &str,
+    target: Vec<i64>,
+) {
+    let name = format!("{}{suffix}", node.output[0]);
+    initializers.push(int64_tensor(&name, &[target.len()], target));
+    node.input[1] = name;
+    set_int(node, "allowzero", 0);
 }
 
 /// An attribute of `node`, if set.

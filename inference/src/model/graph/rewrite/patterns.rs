@@ -5,17 +5,24 @@ use std::collections::HashMap;
 
 use onnx_ir::{GraphProto, NodeProto};
 
-use super::shapes::{Dim, Shapes};
+use super::shapes::{Dim, Shapes, axis};
 use super::{
-    Rewrites, attribute, float_values, int_attribute, int_values, int64_tensor, ints_attribute,
+    Rewrites, attribute, float_values, int_attribute, int_values, ints_attribute, retarget_reshape,
     set_int, set_ints,
 };
 
 /// Runs every rewrite over `graph`.
 pub(super) fn rewrite(graph: &mut GraphProto, shapes: &Shapes, rewrites: &mut Rewrites) {
     explicit_same_padding(graph, shapes);
-    rewrites.pads_merged = merge_pads(graph);
-    rewrites.means_pooled = pool_spatial_means(graph, shapes);
+    // The integer initializers (pads, axes), folded ones included; no rewrite below adds one
+    // that another reads.
+    let constants: HashMap<String, Vec<i64>> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), int_values(t)?)))
+        .collect();
+    rewrites.pads_merged = merge_pads(graph, &constants);
+    rewrites.means_pooled = pool_spatial_means(graph, shapes, &constants);
     rewrites.flattens = flatten_reshapes(graph, shapes);
 }
 
@@ -77,13 +84,8 @@ fn explicit_same_padding(graph: &mut GraphProto, shapes: &Shapes) {
 /// A constant zero Pad (TF-style "SAME" padding written out, as EfficientNet ports do) read
 /// only by a convolution becomes that convolution's own padding; likewise before an average
 /// pooling that counts padding. The padded copy of the feature map is never made.
-fn merge_pads(graph: &mut GraphProto) -> usize {
+fn merge_pads(graph: &mut GraphProto, constants: &HashMap<String, Vec<i64>>) -> usize {
     let readers = readers(graph);
-    let constants: HashMap<String, Vec<i64>> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| Some((t.name.clone(), int_values(t)?)))
-        .collect();
     // The pad value: an initializer, or a Constant node (torch's TorchScript exporter).
     let zero_value = |graph: &GraphProto, name: Option<&String>| match name {
         None => true,
@@ -155,12 +157,11 @@ fn merge_pads(graph: &mut GraphProto) -> usize {
 /// ReduceMean over the two spatial axes of a feature map is global average pooling (the
 /// `dynamo` exporter's form of `AdaptiveAvgPool2d(1)`); without `keepdims` it is followed
 /// by a flatten.
-fn pool_spatial_means(graph: &mut GraphProto, shapes: &Shapes) -> usize {
-    let constants: HashMap<String, Vec<i64>> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| Some((t.name.clone(), int_values(t)?)))
-        .collect();
+fn pool_spatial_means(
+    graph: &mut GraphProto,
+    shapes: &Shapes,
+    constants: &HashMap<String, Vec<i64>>,
+) -> usize {
     let mut pooled = 0;
     let mut nodes = Vec::with_capacity(graph.node.len());
     for mut node in std::mem::take(&mut graph.node) {
@@ -172,10 +173,7 @@ fn pool_spatial_means(graph: &mut GraphProto, shapes: &Shapes) -> usize {
         let axes = ints_attribute(&node, "axes")
             .or_else(|| constants.get(node.input.get(1)?).cloned())
             .map(|axes| {
-                let mut axes: Vec<i64> = axes
-                    .iter()
-                    .map(|&a| if a < 0 { a + 4 } else { a })
-                    .collect();
+                let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, 4)).collect();
                 axes.sort_unstable();
                 axes
             });
@@ -213,8 +211,7 @@ fn pool_spatial_means(graph: &mut GraphProto, shapes: &Shapes) -> usize {
 /// every batch size, and what the engines recognise as flattening.
 fn flatten_reshapes(graph: &mut GraphProto, shapes: &Shapes) -> usize {
     let mut count = 0;
-    let mut added = Vec::new();
-    for node in &mut graph.node {
+    for node in graph.node.iter_mut() {
         if node.op_type != "Reshape" {
             continue;
         }
@@ -229,13 +226,9 @@ fn flatten_reshapes(graph: &mut GraphProto, shapes: &Shapes) -> usize {
         if features != f.fixed() {
             continue;
         }
-        let name = format!("{}_flatten_shape", node.output[0]);
-        added.push(int64_tensor(&name, &[2], vec![0, -1]));
-        node.input[1] = name;
-        set_int(node, "allowzero", 0);
+        retarget_reshape(&mut graph.initializer, node, "_flatten_shape", vec![0, -1]);
         count += 1;
     }
-    graph.initializer.extend(added);
     count
 }
 

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 
 use onnx_ir::{GraphProto, NodeProto};
 
-use super::{attribute, int_attribute, int_values, int64_tensor, ints_attribute, set_int};
+use super::{
+    attribute, int_attribute, int_values, int64_tensor, ints_attribute, keep_nodes,
+    retarget_reshape,
+};
 
 /// One dimension of a shape, or one value of shape arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,19 +102,11 @@ pub(super) fn fold(graph: &mut GraphProto, image_size: usize) -> Result<(usize, 
     let shapes = walk.shapes;
     for (index, target) in reshape_targets {
         let node = &mut graph.node[index];
-        let name = format!("{}_shape_for_any_batch", node.output[0]);
-        graph
-            .initializer
-            .push(int64_tensor(&name, &[target.len()], target));
-        node.input[1] = name;
-        set_int(node, "allowzero", 0);
+        retarget_reshape(&mut graph.initializer, node, "_shape_for_any_batch", target);
     }
     let folded = removed.iter().filter(|&&r| r).count();
-    let mut index = 0;
-    graph.node.retain(|_| {
-        index += 1;
-        !removed[index - 1]
-    });
+    let keep: Vec<bool> = removed.iter().map(|r| !r).collect();
+    keep_nodes(graph, &keep);
     for (name, value) in folded_outputs {
         let values = value.all_fixed().expect("only fixed values are folded");
         graph
@@ -224,6 +219,7 @@ impl Walk {
             "Shape" => {
                 let shape = self.shapes.get(node.input.first()?)?;
                 let rank = shape.len() as i64;
+                // Shape clamps its bounds into [0, rank], as Slice does.
                 let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
                 let start = clamp(int_attribute(node, "start", 0));
                 let end = clamp(int_attribute(node, "end", rank));
@@ -252,14 +248,9 @@ impl Walk {
                 if data.shape.len() != 1 || int_attribute(node, "axis", 0) != 0 {
                     return None;
                 }
-                let len = data.values.len() as i64;
                 let values = indices
                     .iter()
-                    .map(|&i| {
-                        data.values
-                            .get((if i < 0 { i + len } else { i }) as usize)
-                            .copied()
-                    })
+                    .map(|&i| data.values.get(axis(i, data.values.len())).copied())
                     .collect::<Option<Vec<_>>>()?;
                 one(Known {
                     shape: value(1)?.shape.clone(),
@@ -269,20 +260,7 @@ impl Walk {
             "Unsqueeze" | "Squeeze" => {
                 let data = value(0)?;
                 let axes = ints_attribute(node, "axes").or_else(|| ints(1));
-                let mut shape = data.shape.clone();
-                if node.op_type == "Unsqueeze" {
-                    let rank = (shape.len() + axes.as_ref()?.len()) as i64;
-                    let mut axes: Vec<usize> = axes?
-                        .iter()
-                        .map(|&a| (if a < 0 { a + rank } else { a }) as usize)
-                        .collect();
-                    axes.sort_unstable();
-                    for axis in axes {
-                        shape.insert(axis.min(shape.len()), 1);
-                    }
-                } else {
-                    shape.retain(|&d| d != 1);
-                }
+                let shape = squeezed(&node.op_type, data.shape.clone(), axes.as_deref(), 1)?;
                 one(Known {
                     shape,
                     values: data.values.clone(),
@@ -447,12 +425,10 @@ impl Walk {
                 x
             }),
             "ReduceMean" | "ReduceMax" | "ReduceSum" => first.and_then(|x| {
-                let rank = x.len() as i64;
-                let axes = ints_attribute(node, "axes")
-                    .or_else(|| self.value(node, 1).and_then(Known::all_fixed))?;
-                let axes: Vec<usize> = axes
+                let axes: Vec<usize> = ints_attribute(node, "axes")
+                    .or_else(|| self.value(node, 1).and_then(Known::all_fixed))?
                     .iter()
-                    .map(|&a| (if a < 0 { a + rank } else { a }) as usize)
+                    .map(|&a| axis(a, x.len()))
                     .collect();
                 let keep = int_attribute(node, "keepdims", 1) != 0;
                 Some(
@@ -473,13 +449,8 @@ impl Walk {
                 .collect::<Option<Vec<_>>>()
                 .and_then(|shapes| broadcast(&shapes)),
             "Flatten" => first.and_then(|x| {
-                let axis = int_attribute(node, "axis", 1);
-                let axis = (if axis < 0 {
-                    axis + x.len() as i64
-                } else {
-                    axis
-                }) as usize;
-                Some(vec![product(&x[..axis])?, product(&x[axis..])?])
+                let at = axis(int_attribute(node, "axis", 1), x.len()).min(x.len());
+                Some(vec![product(&x[..at])?, product(&x[at..])?])
             }),
             "Gemm" => first.and_then(|x| {
                 let b = self.initializer_dims.get(node.input.get(1)?)?;
@@ -515,14 +486,12 @@ impl Walk {
                 .map(|name| self.shape_of(name))
                 .collect::<Option<Vec<_>>>()
                 .and_then(|shapes| {
-                    let rank = shapes.first()?.len() as i64;
-                    let axis = int_attribute(node, "axis", 0);
-                    let axis = (if axis < 0 { axis + rank } else { axis }) as usize;
+                    let at = axis(int_attribute(node, "axis", 0), shapes.first()?.len());
                     let mut out = shapes[0].clone();
                     let total = shapes
                         .iter()
-                        .try_fold(0, |sum, s| Some(sum + s.get(axis)?.fixed()?));
-                    *out.get_mut(axis)? = Dim::Fixed(total?);
+                        .try_fold(0, |sum, s| Some(sum + s.get(at)?.fixed()?));
+                    *out.get_mut(at)? = Dim::Fixed(total?);
                     Some(out)
                 }),
             "Pad" => first.and_then(|x| {
@@ -539,31 +508,10 @@ impl Walk {
                     })
                     .collect()
             }),
-            "Unsqueeze" | "Squeeze" => first.and_then(|mut x| {
-                let rank = x.len() as i64;
+            "Unsqueeze" | "Squeeze" => first.and_then(|x| {
                 let axes = ints_attribute(node, "axes")
-                    .or_else(|| self.value(node, 1).and_then(Known::all_fixed))?;
-                if node.op_type == "Squeeze" {
-                    let mut axes: Vec<usize> = axes
-                        .iter()
-                        .map(|&a| (if a < 0 { a + rank } else { a }) as usize)
-                        .collect();
-                    axes.sort_unstable();
-                    for axis in axes.into_iter().rev() {
-                        x.remove(axis);
-                    }
-                } else {
-                    let rank = rank + axes.len() as i64;
-                    let mut axes: Vec<usize> = axes
-                        .iter()
-                        .map(|&a| (if a < 0 { a + rank } else { a }) as usize)
-                        .collect();
-                    axes.sort_unstable();
-                    for axis in axes {
-                        x.insert(axis, Dim::Fixed(1));
-                    }
-                }
-                Some(x)
+                    .or_else(|| self.value(node, 1).and_then(Known::all_fixed));
+                squeezed(&node.op_type, x, axes.as_deref(), Dim::Fixed(1))
             }),
             // Element-wise, normalisations and everything else that keeps its input's shape.
             "Relu"
@@ -600,6 +548,48 @@ impl Walk {
     }
 }
 
+/// An ONNX axis or index, negative ones counted from the end of `len`: its position
+/// (`usize::MAX` when still negative, which every lookup then refuses).
+pub(super) fn axis(value: i64, len: usize) -> usize {
+    let resolved = if value < 0 { value + len as i64 } else { value };
+    usize::try_from(resolved).unwrap_or(usize::MAX)
+}
+
+/// The shape after Unsqueeze (a 1 inserted at each of `axes` of the output) or Squeeze (each of
+/// `axes` removed, or every 1 when there are none), for shapes of dimensions or of sizes.
+fn squeezed<T: Copy + PartialEq>(
+    op: &str,
+    mut shape: Vec<T>,
+    axes: Option<&[i64]>,
+    one: T,
+) -> Option<Vec<T>> {
+    let unsqueeze = op == "Unsqueeze";
+    let Some(axes) = axes else {
+        shape.retain(|&d| d != one);
+        return (!unsqueeze).then_some(shape);
+    };
+    let rank = if unsqueeze {
+        shape.len() + axes.len()
+    } else {
+        shape.len()
+    };
+    let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, rank)).collect();
+    axes.sort_unstable();
+    if axes.iter().any(|&a| a >= rank) {
+        return None;
+    }
+    if unsqueeze {
+        for at in axes {
+            shape.insert(at, one);
+        }
+    } else {
+        for at in axes.into_iter().rev() {
+            shape.remove(at);
+        }
+    }
+    Some(shape)
+}
+
 /// `a op b` on shape values; the batch size survives only multiplication or division by 1.
 fn arithmetic(op: &str, a: Dim, b: Dim) -> Option<Dim> {
     match (a, b) {
@@ -622,6 +612,7 @@ pub(super) fn slice(values: &[Dim], start: i64, end: i64, step: i64) -> Option<V
     if step == 0 {
         return None;
     }
+    // Kept signed: slicing clamps out-of-range bounds instead of refusing them.
     let resolve = |v: i64, low: i64, high: i64| {
         let v = if v < 0 { v + len } else { v };
         v.clamp(low, high)
