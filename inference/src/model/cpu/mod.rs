@@ -285,30 +285,21 @@ fn release(map: Arc<Map>) {
 }
 
 impl Value {
-    /// The activation applied to every value, compiled once per kind of activation.
+    /// The activation applied to every value: the convolution epilogue's loop
+    /// ([`kernels::finish_rows`], one compiled loop per kind of activation) with a zero bias.
     fn activate(self, activation: Activation) -> Value {
-        match activation {
-            Activation::Relu => self.map_values(|v| v.max(0.0)),
-            Activation::Clip { min, max } => self.map_values(|v| v.clamp(min, max)),
-            Activation::HardSwish => self.map_values(|v| Activation::HardSwish.apply(v)),
-            Activation::Silu => self.map_values(|v| Activation::Silu.apply(v)),
-            Activation::Sigmoid => self.map_values(|v| Activation::Sigmoid.apply(v)),
-            Activation::HardSigmoid { alpha, beta } => {
-                self.map_values(|v| Activation::HardSigmoid { alpha, beta }.apply(v))
-            }
-        }
-    }
-
-    fn map_values(self, f: impl Fn(f32) -> f32) -> Value {
+        let run = |data: &mut [f32], row: usize| {
+            kernels::finish_rows(data, &vec![0.0; row.max(1)], Some(activation));
+        };
         match self {
             Value::Map(m) => {
                 let mut m = Arc::unwrap_or_clone(m);
-                m.data.iter_mut().for_each(|v| *v = f(*v));
+                run(&mut m.data, m.c);
                 Value::Map(Arc::new(m))
             }
             Value::Vector(v) => {
                 let mut v = Arc::unwrap_or_clone(v);
-                v.data.iter_mut().for_each(|x| *x = f(*x));
+                run(&mut v.data, v.f);
                 Value::Vector(Arc::new(v))
             }
         }
