@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{LOGIT_BOUND, inputs, onnx_runtime_logits, std_dev, top5};
+use common::{LOGIT_BOUND, inputs, max_abs_diff, onnx_runtime_logits, std_dev, top5};
 use inference::model::{Classifier, DeviceChoice, ModelSpec, Preprocess};
 
 /// Networks the table lists as not covered, with the reason `import` must give.
@@ -73,9 +73,7 @@ fn compare(model: &Classifier, onnx: &Path) -> Result<f32, String> {
     for (i, row) in ours.iter().chain(&alone).enumerate() {
         let expected = &reference[(i % 2) * classes..][..classes];
         let scale = std_dev(expected).max(1e-6);
-        let worst = (row.iter().zip(expected))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(row, expected);
         worst_ratio = worst_ratio.max(worst / scale);
         if worst > LOGIT_BOUND * scale || worst.is_nan() {
             return Err(format!(
@@ -88,9 +86,7 @@ fn compare(model: &Classifier, onnx: &Path) -> Result<f32, String> {
     }
     // Random weights can make one class win for every image; the logits must still depend
     // on the image, by far more than the tolerance, or the comparison would be vacuous.
-    let apart = (ours[0].iter().zip(&ours[1]))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let apart = max_abs_diff(&ours[0], &ours[1]);
     let scale = std_dev(&reference[..classes]);
     if apart < 10.0 * LOGIT_BOUND * scale {
         return Err(format!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{LOGIT_BOUND, inputs, onnx_runtime_logits, std_dev, top5};
+use common::{LOGIT_BOUND, inputs, max_abs_diff, onnx_runtime_logits, std_dev, top5};
 use image::ImageFormat;
 use inference::model::spec::{Interpolation, Resize};
 use inference::model::{Classifier, DeviceChoice, Precision, Preprocess, Target};
@@ -24,11 +24,7 @@ fn check_against_onnx_runtime(model_name: &str, device: DeviceChoice, backend: &
         let expected = &reference[i * classes..(i + 1) * classes];
         assert_eq!(row.len(), classes);
         let scale = std_dev(expected).max(1.0);
-        let worst = row
-            .iter()
-            .zip(expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(row, expected);
         println!("{model_name} image {i}: max |Δlogit| {worst:.2e}, logit std {scale:.3}");
         assert!(
             worst <= LOGIT_BOUND * scale,
@@ -39,11 +35,7 @@ fn check_against_onnx_runtime(model_name: &str, device: DeviceChoice, backend: &
     // A single image takes a different path on the CPU (one block's product on both threads;
     // with burn's operations, convolutions split by output channels): same answer.
     let alone = model.infer(&batch[..1]).expect("batch of 1");
-    let worst = alone[0]
-        .iter()
-        .zip(&reference[..classes])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&alone[0], &reference[..classes]);
     assert!(
         worst <= LOGIT_BOUND * std_dev(&reference[..classes]).max(1.0),
         "a single image differs from ONNX Runtime by {worst}"
@@ -92,11 +84,7 @@ fn half_precision_stays_close_to_onnx_runtime() {
     let classes = reference.len() / batch.len();
     for (i, row) in ours.iter().enumerate() {
         let expected = &reference[i * classes..(i + 1) * classes];
-        let worst = row
-            .iter()
-            .zip(expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(row, expected);
         let scale = std_dev(expected);
         println!("f16 image {i}: max |Δlogit| {worst:.2e}, logit std {scale:.3}");
         assert!(
@@ -248,22 +236,14 @@ fn fixed_batch_export_still_runs_batches() {
         let alone = model
             .infer(std::slice::from_ref(image))
             .expect("batch of 1");
-        let worst = alone[0]
-            .iter()
-            .zip(&together[i])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&alone[0], &together[i]);
         assert!(
             worst < 1e-4,
             "image {i}: batched and single results differ by {worst}"
         );
     }
     let reference = onnx_runtime_logits(&onnx, &batch[..1]);
-    let worst = reference
-        .iter()
-        .zip(&together[0])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&reference, &together[0]);
     assert!(
         worst <= LOGIT_BOUND * std_dev(&reference).max(1.0),
         "differs from ORT by {worst}"
@@ -312,12 +292,7 @@ fn graphs_outside_the_native_engine_fall_back_to_burn() {
     let batch = inputs(2, 32);
     let ours = model.infer(&batch).expect("runs");
     let reference = onnx_runtime_logits(&onnx, &batch);
-    let worst = ours
-        .concat()
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&ours.concat(), &reference);
     assert!(worst < 1e-4, "max |Δlogit| {worst}");
 }
 
@@ -354,11 +329,7 @@ fn a_model_with_the_zoo_files_interface_imports_and_matches_onnx_runtime() {
     let reference = onnx_runtime_logits(&onnx, &batch);
     for (i, row) in ours.iter().enumerate() {
         let expected = &reference[i * 10..(i + 1) * 10];
-        let worst = row
-            .iter()
-            .zip(expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(row, expected);
         assert!(
             worst <= LOGIT_BOUND * std_dev(expected).max(1.0),
             "image {i}: max |Δlogit| {worst}"
