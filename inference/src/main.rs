@@ -11,6 +11,13 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    if let Err(missing) = cpu_has_what_this_build_uses() {
+        eprintln!(
+            "error: this build of inference uses {missing} (x86-64-v3, set in .cargo/config.toml), \
+             which this CPU lacks; build it for this CPU with RUSTFLAGS=\"-C target-cpu=native\""
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Decoding and resizing run on tokio's blocking threads, which are CPU-bound: more of them
     // than cores adds no throughput, and each one that ever ran keeps its allocator heap (at 32
@@ -47,4 +54,18 @@ async fn run() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The instruction sets this binary was compiled to use (`.cargo/config.toml`) that the CPU
+/// does not have: a clear error at start instead of an illegal instruction mid-request.
+fn cpu_has_what_this_build_uses() -> Result<(), &'static str> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        return Err("AVX2");
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "fma"))]
+    if !std::arch::is_x86_feature_detected!("fma") {
+        return Err("FMA");
+    }
+    Ok(())
 }
