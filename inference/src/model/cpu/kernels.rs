@@ -6,11 +6,13 @@
 //! that stays in cache, and each block's product gets its bias, residual and ReLU while it is
 //! still there: no layout conversions, no full-size im2col matrix, no extra passes.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
 
+use super::buffers::spare;
+use super::direct::Direct;
 use super::winograd::{Finish, Winograd};
 use crate::model::graph::Activation;
 
@@ -156,7 +158,12 @@ impl Window {
 
     /// For output position `out` along `axis`, the input coordinate under each kernel tap, or
     /// `None` where the tap falls on padding.
-    fn taps(&self, axis: usize, out: usize, size: usize) -> impl Iterator<Item = Option<usize>> {
+    pub(super) fn taps(
+        &self,
+        axis: usize,
+        out: usize,
+        size: usize,
+    ) -> impl Iterator<Item = Option<usize>> {
         let start = self.start(axis, out);
         let dilation = self.dilation[axis] as isize;
         (0..self.kernel[axis] as isize).map(move |tap| {
@@ -227,6 +234,10 @@ const MIN_ROWS: usize = 48;
 /// More rows than this gives no better product and fewer blocks to share between threads.
 const MAX_ROWS: usize = 256;
 
+/// Dense convolutions over at most this many input channels (an RGB stem) are computed
+/// directly: their patch rows are too short for a matrix product to pay for gathering them.
+const DIRECT_MAX_CIN: usize = 4;
+
 /// Which way a convolution is computed, chosen once at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -266,55 +277,15 @@ enum Method {
     Patches(Vec<f32>),
     /// 3×3, stride 1, no dilation: Winograd F(2×2, 3×3).
     Winograd(Winograd),
-    /// Grouped and depthwise convolutions, computed directly: each output pixel sums its
-    /// window's taps, weights `[tap][group][cin per group][cout per group]` so that the
-    /// innermost loop runs over contiguous channels (all of them when depthwise).
-    Grouped { weight: Vec<f32>, groups: usize },
+    /// Grouped and depthwise convolutions, and dense ones over a few input channels:
+    /// computed directly (see [`direct`](super::direct)).
+    Direct(Direct),
 }
 
 thread_local! {
     /// Each thread's gathered patch rows, reused by every convolution it runs (grown when
     /// needed, never shrunk: every block overwrites the rows it uses).
     static PATCHES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    /// Buffers of feature maps no longer needed, for the next outputs (see [`spare`]).
-    static SPARES: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Spare buffers kept per thread: a ResNet block needs two or three in turn.
-const SPARES_KEPT: usize = 4;
-
-/// A buffer of `len` values for an output that is written in full before it is read: a
-/// spare one when there is one (its values are stale), so that each layer does not zero a
-/// fresh output only for the product to overwrite it (6–16 % of a batch, docs/PERFORMANCE.md).
-pub fn spare(len: usize) -> Vec<f32> {
-    let reused = SPARES.with_borrow_mut(|spares| {
-        // The smallest that is large enough, else the largest (grown: zeroes only its tail).
-        let fits = |s: &&Vec<f32>| s.capacity() >= len;
-        let best = (spares.iter().enumerate())
-            .filter(|(_, s)| fits(s))
-            .min_by_key(|(_, s)| s.capacity())
-            .or_else(|| spares.iter().enumerate().max_by_key(|(_, s)| s.capacity()))
-            .map(|(at, _)| at)?;
-        Some(spares.swap_remove(best))
-    });
-    let mut data = reused.unwrap_or_default();
-    data.resize(len, 0.0);
-    data
-}
-
-/// Keeps a map's buffer for [`spare`] once the map is no longer needed.
-pub fn recycle(data: Vec<f32>) {
-    SPARES.with_borrow_mut(|spares| {
-        spares.push(data);
-        if spares.len() > SPARES_KEPT {
-            let smallest = (spares.iter().enumerate())
-                .min_by_key(|(_, s)| s.capacity())
-                .map(|(at, _)| at);
-            if let Some(at) = smallest {
-                spares.swap_remove(at);
-            }
-        }
-    });
 }
 
 /// Makes a scratch `buffer` hold at least `len` values; never shrinks it, so a layer after a
@@ -327,8 +298,9 @@ pub fn grow(buffer: &mut Vec<f32>, len: usize) {
 
 impl Conv {
     /// Takes weights in ONNX/burn layout `[cout, cin / groups, kh, kw]`. `algorithm` Winograd
-    /// applies only to ungrouped 3×3 stride-1 undilated windows; any other ungrouped window is
-    /// computed by patches, any grouped one directly.
+    /// applies only to ungrouped 3×3 stride-1 undilated windows over more than
+    /// [`DIRECT_MAX_CIN`] channels; any other such window is computed by patches; grouped
+    /// ones, and dense ones over up to [`DIRECT_MAX_CIN`] channels, directly.
     pub fn new(
         weight: &[f32],
         [cout, cin_per_group, kh, kw]: [usize; 4],
@@ -339,10 +311,9 @@ impl Conv {
     ) -> Self {
         let cin = cin_per_group * groups;
         let method = match algorithm {
-            _ if groups > 1 => Method::Grouped {
-                weight: pack_grouped(weight, [cout, cin_per_group, kh, kw], groups),
-                groups,
-            },
+            _ if groups > 1 || cin_per_group <= DIRECT_MAX_CIN => {
+                Method::Direct(Direct::new(weight, [cout, cin_per_group, kh, kw], groups))
+            }
             Algorithm::Winograd if Algorithm::winograd_fits(&window) => {
                 let [(top, _), (left, _)] = window.padding;
                 Method::Winograd(Winograd::new(weight, cout, cin, top, left))
@@ -408,8 +379,9 @@ impl Conv {
                 };
                 winograd.run(x, (h, w), &mut data, finish);
             }
-            Method::Grouped { weight, groups } => {
-                self.grouped(x, (h, w), weight, *groups, &mut data, accumulate);
+            Method::Direct(direct) => {
+                let finish = |line: &mut [f32]| self.finish(line);
+                direct.run(x, &self.window, (h, w), &mut data, accumulate, finish);
             }
         }
         Ok(Map {
@@ -519,100 +491,6 @@ impl Conv {
     fn finish(&self, block: &mut [f32]) {
         finish_rows(block, &self.bias, self.epilogue.activation);
     }
-
-    /// A grouped or depthwise convolution, one output line per task: each output pixel
-    /// starts from zero (or from the shortcut already in `data`), adds every tap's inputs
-    /// times its weights, then gets bias and activation while it is in cache.
-    fn grouped(
-        &self,
-        x: &Map,
-        (h, w): (usize, usize),
-        weight: &[f32],
-        groups: usize,
-        data: &mut [f32],
-        accumulate: Accumulate,
-    ) {
-        let cin = self.cin;
-        let cog = self.cout / groups;
-        let [_, kw] = self.window.kernel;
-        let undilated = self.window.dilation[1] == 1;
-        data.par_chunks_mut(w * self.cout)
-            .enumerate()
-            .for_each(|(line, out_line)| {
-                let (image, oy) = (line / h, line % h);
-                if matches!(accumulate, Accumulate::No) {
-                    out_line.fill(0.0);
-                }
-                for (ky, iy) in self.window.taps(0, oy, x.h).enumerate() {
-                    let Some(iy) = iy else { continue };
-                    let input = &x.data[(image * x.h + iy) * x.w * cin..][..x.w * cin];
-                    let row = &weight[ky * kw * cin * cog..][..kw * cin * cog];
-                    for (ox, out) in out_line.chunks_mut(self.cout).enumerate() {
-                        if undilated {
-                            // The taps inside the input are adjacent pixels: one run.
-                            let run = self.window.inside(1, ox, x.w);
-                            let pixels = &input[run.first_input * cin..][..run.count * cin];
-                            let taps = &row[run.first_tap * cin * cog..][..run.count * cin * cog];
-                            for (pixel, tap) in
-                                pixels.chunks_exact(cin).zip(taps.chunks_exact(cin * cog))
-                            {
-                                accumulate_tap(out, pixel, tap, groups);
-                            }
-                        } else {
-                            let columns = self.window.taps(1, ox, x.w);
-                            for (kx, ix) in columns.enumerate() {
-                                let Some(ix) = ix else { continue };
-                                let pixel = &input[ix * cin..][..cin];
-                                let tap = &row[kx * cin * cog..][..cin * cog];
-                                accumulate_tap(out, pixel, tap, groups);
-                            }
-                        }
-                    }
-                }
-                finish_rows(out_line, &self.bias, self.epilogue.activation);
-            });
-    }
-}
-
-/// One kernel tap of a grouped convolution into one output pixel: `out[g·cog + o] +=
-/// Σ_ci pixel[g·cig + ci] · tap[(g·cig + ci)·cog + o]`.
-#[inline(always)]
-fn accumulate_tap(out: &mut [f32], pixel: &[f32], tap: &[f32], groups: usize) {
-    let (cig, cog) = (pixel.len() / groups, out.len() / groups);
-    if cig == 1 && cog == 1 {
-        // Depthwise: one weight per channel, all channels at once.
-        for ((o, v), k) in out.iter_mut().zip(pixel).zip(tap) {
-            *o += v * k;
-        }
-        return;
-    }
-    for ((out, inputs), weights) in out
-        .chunks_exact_mut(cog)
-        .zip(pixel.chunks_exact(cig))
-        .zip(tap.chunks_exact(cig * cog))
-    {
-        for (&v, row) in inputs.iter().zip(weights.chunks_exact(cog)) {
-            for (o, k) in out.iter_mut().zip(row) {
-                *o += v * k;
-            }
-        }
-    }
-}
-
-/// `[cout, cin / groups, kh, kw]` weights as `[kh·kw][group][cin per group][cout per group]`.
-fn pack_grouped(weight: &[f32], [cout, cig, kh, kw]: [usize; 4], groups: usize) -> Vec<f32> {
-    let (taps, cog) = (kh * kw, cout / groups);
-    let cin = cig * groups;
-    let mut packed = vec![0.0; weight.len()];
-    for (co, filter) in weight.chunks(cig * taps).enumerate() {
-        let (g, o) = (co / cog, co % cog);
-        for (ci, kernel) in filter.chunks(taps).enumerate() {
-            for (tap, &value) in kernel.iter().enumerate() {
-                packed[tap * cin * cog + (g * cig + ci) * cog + o] = value;
-            }
-        }
-    }
-    packed
 }
 
 /// Maps of one shape but their channels joined along the channels, in order.
@@ -777,20 +655,24 @@ pub fn global_average(x: &Map) -> Map {
 /// Element-wise `a op b` into `a`: equal shapes, or `b` one value per channel (`[n, 1, 1, c]`,
 /// as squeeze-and-excitation blocks multiply).
 pub fn combine(a: &mut Map, b: &Map, op: impl Fn(f32, f32) -> f32 + Sync) -> Result<(), String> {
+    // Values per task: per-element tasks would cost more than the work.
+    const CHUNK: usize = 1 << 14;
     if a.same_shape(b) {
         a.data
-            .par_iter_mut()
-            .zip(&b.data)
-            .for_each(|(x, y)| *x = op(*x, *y));
+            .par_chunks_mut(CHUNK)
+            .zip(b.data.par_chunks(CHUNK))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x = op(*x, *y)));
         return Ok(());
     }
     if (b.n, b.h, b.w, b.c) == (a.n, 1, 1, a.c) {
-        let image = a.h * a.w * a.c;
+        // One line of pixels per task, so that a single image is shared by the threads too.
+        let (h, c) = (a.h, a.c);
         a.data
-            .par_chunks_mut(image)
-            .zip(b.data.par_chunks(a.c))
-            .for_each(|(maps, scale)| {
-                for pixel in maps.chunks_mut(a.c) {
+            .par_chunks_mut(a.w * c)
+            .enumerate()
+            .for_each(|(line, pixels)| {
+                let scale = &b.data[line / h * c..][..c];
+                for pixel in pixels.chunks_exact_mut(c) {
                     pixel
                         .iter_mut()
                         .zip(scale)
@@ -900,30 +782,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn recycled_buffers_are_handed_out_again_with_the_length_asked() {
-        let (small, large) = (vec![1.0; 100], vec![2.0; 1000]);
-        let (small_at, large_at) = (small.as_ptr(), large.as_ptr());
-        recycle(large);
-        recycle(small);
-        let fitting = spare(80);
-        assert_eq!(
-            (fitting.len(), fitting.as_ptr()),
-            (80, small_at),
-            "smallest that fits"
-        );
-        let grown = spare(1500);
-        assert_eq!(grown.len(), 1500, "the largest, grown");
-        assert_eq!(grown[..1000], [2.0; 1000], "values kept, not cleared");
-        assert_eq!(grown[1000..], [0.0; 500]);
-        assert!(grown.as_ptr() == large_at || grown.capacity() >= 1500);
-        assert_eq!(spare(10), vec![0.0; 10], "none left: a fresh buffer");
-        for _ in 0..SPARES_KEPT + 3 {
-            recycle(vec![0.0; 10]);
-        }
-        let kept = SPARES.with_borrow(Vec::len);
-        assert_eq!(kept, SPARES_KEPT, "the pool stays bounded");
     }
 }

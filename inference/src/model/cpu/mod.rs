@@ -12,6 +12,8 @@
 //! This is what we would propose upstream as a burn-flex inference path: layout planning
 //! across operations and epilogue fusion for convolutions.
 
+mod buffers;
+mod direct;
 mod kernels;
 mod winograd;
 
@@ -112,6 +114,18 @@ impl Plan {
         input: &[f32],
         [n, c, h, w]: [usize; 4],
     ) -> Result<(Vec<f32>, usize), GraphError> {
+        // The whole pass runs on one of the pool's threads, so that each layer's parallel
+        // loop forks from inside the pool. Called from outside it, every loop was handed to
+        // the pool and waited for through a lock: 64 000 context switches in 300 passes of
+        // MobileNetV3-Small at batch 1 (6 800 this way), 4.9 → 3.4 ms per pass.
+        rayon::scope(|_| self.forward_in_pool(input, [n, c, h, w]))
+    }
+
+    fn forward_in_pool(
+        &self,
+        input: &[f32],
+        [n, c, h, w]: [usize; 4],
+    ) -> Result<(Vec<f32>, usize), GraphError> {
         let mut values = Vec::new();
         let mut outputs = 0;
         for images in input.chunks(SLICE_IMAGES * c * h * w) {
@@ -187,11 +201,18 @@ impl Kernel {
                 Value::Map(Arc::new(out))
             }
             NativeOp::GlobalAvgPool => {
-                Value::Map(Arc::new(kernels::global_average(&*self.map(first)?)))
+                let x = self.map(first)?;
+                let out = kernels::global_average(&x);
+                release(x);
+                Value::Map(Arc::new(out))
             }
-            NativeOp::Add | NativeOp::Mul => {
+            NativeOp::Add => {
                 let second = second.ok_or_else(|| self.error("needs two operands"))?;
-                self.combine(first, second)?
+                self.combine(first, second, |a, b| a + b)?
+            }
+            NativeOp::Mul => {
+                let second = second.ok_or_else(|| self.error("needs two operands"))?;
+                self.combine(first, second, |a, b| a * b)?
             }
             NativeOp::Concat => {
                 let maps = std::iter::once(first)
@@ -200,7 +221,9 @@ impl Kernel {
                     .map(|v| self.map(v))
                     .collect::<Result<Vec<_>, _>>()?;
                 let refs: Vec<&Map> = maps.iter().map(|m| &**m).collect();
-                Value::Map(Arc::new(kernels::concat(&refs).map_err(|e| self.error(e))?))
+                let out = kernels::concat(&refs).map_err(|e| self.error(e))?;
+                maps.into_iter().for_each(release);
+                Value::Map(Arc::new(out))
             }
             NativeOp::Flatten => match first {
                 Value::Map(m) => Value::Vector(Arc::new(Arc::unwrap_or_clone(m).flatten())),
@@ -226,11 +249,16 @@ impl Kernel {
         Ok(value)
     }
 
-    fn combine(&self, first: Value, second: Value) -> Result<Value, GraphError> {
-        let op = match self.op {
-            NativeOp::Mul => |a: f32, b: f32| a * b,
-            _ => |a: f32, b: f32| a + b,
-        };
+    /// `first op second`, element by element or one value per channel. Generic over `op`
+    /// so that each use compiles to its own vectorised loop: one function pointer for both
+    /// made every value an indirect call (a squeeze-and-excitation product over a 14×14×240
+    /// map took 0.1 ms).
+    fn combine(
+        &self,
+        first: Value,
+        second: Value,
+        op: impl Fn(f32, f32) -> f32 + Copy + Sync,
+    ) -> Result<Value, GraphError> {
         match (first, second) {
             (Value::Map(a), Value::Map(b)) => {
                 // The per-channel operand (if any) goes second.
@@ -241,6 +269,7 @@ impl Kernel {
                 };
                 let mut a = Arc::unwrap_or_clone(a);
                 kernels::combine(&mut a, &b, op).map_err(|e| self.error(e))?;
+                release(b);
                 Ok(Value::Map(Arc::new(a)))
             }
             (Value::Vector(a), Value::Vector(b)) if a.data.len() == b.data.len() => {
@@ -277,10 +306,10 @@ impl Kernel {
     }
 }
 
-/// Hands a map's buffer to the next output once this was its last reader.
+/// Hands a map's buffer to the next output once this was its last reader (see [`buffers`]).
 fn release(map: Arc<Map>) {
     if let Ok(map) = Arc::try_unwrap(map) {
-        kernels::recycle(map.data);
+        buffers::recycle(map.data);
     }
 }
 

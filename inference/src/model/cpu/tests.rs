@@ -6,6 +6,7 @@ use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::buffers;
 use super::kernels::{self, Algorithm, Conv, Epilogue, Map, PoolKind, Window};
 use crate::model::graph::Activation;
 
@@ -120,7 +121,7 @@ fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &
 /// from: a kernel that leaves any output value unwritten fails the comparison.
 fn stale_spares() {
     for _ in 0..2 {
-        kernels::recycle(vec![f32::NAN; 1 << 16]);
+        buffers::recycle(vec![f32::NAN; 1 << 16]);
     }
 }
 
@@ -177,17 +178,25 @@ fn convolutions_match_burn() {
 
 #[test]
 fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
-    // (name, input NCHW, weight [out, in / groups, kh, kw], groups, stride, padding)
+    // (name, input NCHW, weight [out, in / groups, kh, kw], groups, stride, padding,
+    // dilation). Channel counts and widths also exercise the direct kernels' remainders
+    // (channel blocks of 16, then 8 or 4, then 1; output pixels in groups of 4).
     #[rustfmt::skip]
     let cases = [
         // MobileNet's depthwise 3×3, stride 1 and 2 (EfficientNet ports pad asymmetrically).
-        ("dw 3x3", [2, 24, 13, 13], [24, 1, 3, 3], 24, [1, 1], [(1, 1), (1, 1)]),
-        ("dw 3x3/2 asym", [1, 16, 14, 14], [16, 1, 3, 3], 16, [2, 2], [(0, 1), (0, 1)]),
-        // EfficientNet's depthwise 5×5.
-        ("dw 5x5/2", [1, 8, 15, 15], [8, 1, 5, 5], 8, [2, 2], [(2, 2), (2, 2)]),
-        // RegNet's group convolutions (several channels per group), and a channel multiplier.
-        ("grouped", [2, 8, 9, 9], [12, 2, 3, 3], 4, [1, 1], [(1, 1), (1, 1)]),
-        ("multiplier", [1, 4, 7, 7], [8, 1, 3, 3], 4, [2, 2], [(1, 1), (1, 1)]),
+        ("dw 3x3", [2, 24, 13, 13], [24, 1, 3, 3], 24, [1, 1], [(1, 1), (1, 1)], [1, 1]),
+        ("dw 3x3/2 asym", [1, 16, 14, 14], [16, 1, 3, 3], 16, [2, 2], [(0, 1), (0, 1)], [1, 1]),
+        // EfficientNet's depthwise 5×5, and one on a map smaller than its window's reach.
+        ("dw 5x5/2", [1, 8, 15, 15], [8, 1, 5, 5], 8, [2, 2], [(2, 2), (2, 2)], [1, 1]),
+        ("dw 5x5 small", [2, 37, 3, 3], [37, 1, 5, 5], 37, [1, 1], [(2, 2), (2, 2)], [1, 1]),
+        ("dw dilated", [1, 21, 9, 10], [21, 1, 3, 3], 21, [1, 1], [(2, 2), (2, 2)], [2, 2]),
+        // RegNet's group convolutions (8 channels per group there), and a channel multiplier.
+        ("grouped", [2, 8, 9, 9], [12, 2, 3, 3], 4, [1, 1], [(1, 1), (1, 1)], [1, 1]),
+        ("group width 8", [1, 24, 7, 7], [24, 8, 3, 3], 3, [2, 2], [(1, 1), (1, 1)], [1, 1]),
+        ("multiplier", [1, 4, 7, 7], [8, 1, 3, 3], 4, [2, 2], [(1, 1), (1, 1)], [1, 1]),
+        // A dense convolution over three channels (an RGB stem) is computed directly too.
+        ("rgb stem", [2, 3, 17, 17], [21, 3, 3, 3], 1, [2, 2], [(1, 1), (1, 1)], [1, 1]),
+        ("rgb dilated", [1, 2, 11, 11], [16, 2, 3, 3], 1, [1, 1], [(1, 0), (0, 1)], [2, 1]),
     ];
     let activations = [
         None,
@@ -197,13 +206,13 @@ fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
         Some(Activation::Silu),
         Some(Activation::Sigmoid),
     ];
-    for (name, input, weight, groups, stride, padding) in cases {
+    for (name, input, weight, groups, stride, padding, dilation) in cases {
         let case = ConvCase {
             input,
             weight,
             stride,
             padding,
-            dilation: [1, 1],
+            dilation,
             groups,
         };
         for residual in [false, true] {
