@@ -2,7 +2,9 @@
 //!
 //! `gemm` is what burn's CPU backend multiplies with; its entry point takes raw pointers and
 //! strides. The inference crate forbids `unsafe`, so its CPU kernels call this one function,
-//! which checks every slice against the shapes before handing pointers to `gemm`.
+//! which checks every slice against the shapes before handing pointers to `gemm`. Shapes
+//! `gemm` handles badly (short inner dimensions, 1–4 rows) go through safe register-blocked
+//! loops here instead ([`small`], `few_rows`).
 
 use rayon::prelude::*;
 

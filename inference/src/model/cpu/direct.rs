@@ -58,10 +58,10 @@ impl Direct {
     /// gets each finished line (bias and activation while it is in cache). With
     /// `Accumulate::Yes`, `data` holds the shortcut the sums start from.
     ///
-    /// Each task first copies the input lines under its kernel rows into a scratch buffer
-    /// with the horizontal padding written out as zeros (kernel rows on padding are
-    /// skipped), so that every output pixel, at the edges too, is computed by the same
-    /// [`PIXELS`]-wide loop.
+    /// Output pixels go in groups of [`PIXELS`]. A group whose windows lie inside the input
+    /// reads the input lines where they are; a group at an edge first copies the columns it
+    /// reads into a scratch buffer with the padding written out as zeros (kernel rows on
+    /// padding are skipped), so that the same loop computes it.
     pub fn run(
         &self,
         x: &Map,
@@ -73,29 +73,33 @@ impl Direct {
     ) {
         let cout = self.groups * self.cog;
         let layout = Layout::new(window, x, w);
+        let from_output = accumulate == Accumulate::Yes;
         data.par_chunks_mut(w * cout)
             .enumerate()
             .for_each(|(line, out_line)| {
                 let (image, oy) = (line / h, line % h);
-                if accumulate == Accumulate::No {
-                    out_line.fill(0.0);
-                }
+                let rows = layout.rows(window, x, image, oy);
                 let mut buffer = LINES.take();
-                let rows = layout.copy_rows(window, x, image, oy, &mut buffer);
-                let full = w - w % PIXELS;
-                for ox in (0..full).step_by(PIXELS) {
-                    let out = &mut out_line[ox * cout..(ox + PIXELS) * cout];
-                    self.pixels(out, &layout.span(&rows, ox));
+                for ox in (0..w).step_by(PIXELS) {
+                    let edge;
+                    let span = if layout.inside(ox) {
+                        layout.span(&rows, ox * layout.stride - layout.before)
+                    } else {
+                        edge = layout.copy_edge(&rows, ox, &mut buffer);
+                        layout.span(&edge, 0)
+                    };
+                    if ox + PIXELS <= w {
+                        let out = &mut out_line[ox * cout..(ox + PIXELS) * cout];
+                        self.pixels(out, &span, from_output);
+                    } else {
+                        // The last pixels, computed as a full group in scratch and copied out.
+                        let mut tail = vec![0.0; PIXELS * cout];
+                        let last = &mut out_line[ox * cout..];
+                        tail[..last.len()].copy_from_slice(last);
+                        self.pixels(&mut tail, &span, from_output);
+                        last.copy_from_slice(&tail[..last.len()]);
+                    }
                 }
-                if full < w {
-                    // The last pixels, computed as a full group in scratch (the padded lines
-                    // are long enough) and copied out.
-                    let mut tail = vec![0.0; PIXELS * cout];
-                    tail[..(w - full) * cout].copy_from_slice(&out_line[full * cout..]);
-                    self.pixels(&mut tail, &layout.span(&rows, full));
-                    out_line[full * cout..].copy_from_slice(&tail[..(w - full) * cout]);
-                }
-                drop(rows);
                 LINES.set(buffer);
                 finish(out_line);
             });
@@ -103,15 +107,15 @@ impl Direct {
 
     /// [`PIXELS`] adjacent output pixels.
     #[inline(always)]
-    fn pixels(&self, out: &mut [f32], span: &Span) {
+    fn pixels(&self, out: &mut [f32], span: &Span, from_output: bool) {
         let cout = out.len() / PIXELS;
         let mut at = 0;
         if self.cig == 1 && self.cog == 1 {
             while at < cout {
                 at += match cout - at {
-                    BLOCK.. => self.depthwise_span::<BLOCK>(out, at, span),
-                    4.. => self.depthwise_span::<4>(out, at, span),
-                    _ => self.depthwise_span::<1>(out, at, span),
+                    BLOCK.. => self.depthwise_span::<BLOCK>(out, at, span, from_output),
+                    4.. => self.depthwise_span::<4>(out, at, span, from_output),
+                    _ => self.depthwise_span::<1>(out, at, span, from_output),
                 };
             }
             return;
@@ -120,10 +124,10 @@ impl Direct {
             at = 0;
             while at < self.cog {
                 at += match self.cog - at {
-                    BLOCK.. => self.grouped_span::<BLOCK>(out, g, at, span),
-                    8.. => self.grouped_span::<8>(out, g, at, span),
-                    4.. => self.grouped_span::<4>(out, g, at, span),
-                    _ => self.grouped_span::<1>(out, g, at, span),
+                    BLOCK.. => self.grouped_span::<BLOCK>(out, g, at, span, from_output),
+                    8.. => self.grouped_span::<8>(out, g, at, span, from_output),
+                    4.. => self.grouped_span::<4>(out, g, at, span, from_output),
+                    _ => self.grouped_span::<1>(out, g, at, span, from_output),
                 };
             }
         }
@@ -133,11 +137,19 @@ impl Direct {
     /// independent, so the additions overlap instead of waiting on each other, and each
     /// weight is loaded once for all of them. Returns `N`.
     #[inline(always)]
-    fn depthwise_span<const N: usize>(&self, out: &mut [f32], at: usize, span: &Span) -> usize {
+    fn depthwise_span<const N: usize>(
+        &self,
+        out: &mut [f32],
+        at: usize,
+        span: &Span,
+        from_output: bool,
+    ) -> usize {
         let c = out.len() / PIXELS;
         let mut acc = [[0.0f32; N]; PIXELS];
-        for (p, acc) in acc.iter_mut().enumerate() {
-            acc.copy_from_slice(&out[p * c + at..][..N]);
+        if from_output {
+            for (p, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&out[p * c + at..][..N]);
+            }
         }
         for &(ky, line) in span.rows {
             for kx in 0..span.kw {
@@ -165,12 +177,15 @@ impl Direct {
         g: usize,
         at: usize,
         span: &Span,
+        from_output: bool,
     ) -> usize {
         let (cig, cog) = (self.cig, self.cog);
         let (cin, cout) = (cig * self.groups, cog * self.groups);
         let mut acc = [[0.0f32; N]; PIXELS];
-        for (p, acc) in acc.iter_mut().enumerate() {
-            acc.copy_from_slice(&out[p * cout + g * cog + at..][..N]);
+        if from_output {
+            for (p, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&out[p * cout + g * cog + at..][..N]);
+            }
         }
         for &(ky, line) in span.rows {
             for kx in 0..span.kw {
@@ -201,13 +216,18 @@ thread_local! {
     static LINES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Where a convolution's padded input lines lie in a task's scratch buffer.
+/// How the pixel groups of an output line read the input.
 struct Layout {
-    /// Input values per padded line: every column the output line's pixel groups read,
-    /// from the first window's start (in the left padding) on.
+    /// Input values per line, and per edge group's padded copy of a line.
     line: usize,
+    group_line: usize,
+    /// Channels per input pixel.
+    c: usize,
     /// Zero columns before the input's first column.
     before: usize,
+    /// Output columns `first..end` have their windows inside the input.
+    first: usize,
+    end: usize,
     stride: usize,
     dilation: usize,
     kw: usize,
@@ -216,52 +236,70 @@ struct Layout {
 impl Layout {
     fn new(window: &Window, x: &Map, outputs: usize) -> Self {
         let [stride, dilation, kw] = [window.stride[1], window.dilation[1], window.kernel[1]];
-        // The pixel groups cover `outputs` rounded up to whole groups.
-        let columns = (outputs.next_multiple_of(PIXELS) - 1) * stride + (kw - 1) * dilation + 1;
+        let before = window.padding[1].0;
+        let reach = (kw - 1) * dilation + 1;
+        let first = before.div_ceil(stride).min(outputs);
+        // The last window inside ends at `ox·stride − before + reach − 1 ≤ width − 1`.
+        let end = (x.w + before)
+            .checked_sub(reach)
+            .map_or(0, |room| (room / stride + 1).min(outputs));
         Self {
-            line: columns * x.c,
-            before: window.padding[1].0,
+            line: x.w * x.c,
+            group_line: ((PIXELS - 1) * stride + reach) * x.c,
+            c: x.c,
+            before,
+            first,
+            end: end.max(first),
             stride,
             dilation,
             kw,
         }
     }
 
-    /// Copies the input lines under output line `oy`'s kernel rows into `buffer`, padded;
-    /// returns each (kernel row, padded line) pair.
-    fn copy_rows<'a>(
-        &self,
-        window: &Window,
-        x: &Map,
-        image: usize,
-        oy: usize,
-        buffer: &'a mut Vec<f32>,
-    ) -> Vec<(usize, &'a [f32])> {
-        let taps: Vec<(usize, usize)> = (window.taps(0, oy, x.h).enumerate())
-            .filter_map(|(ky, iy)| iy.map(|iy| (ky, iy)))
-            .collect();
-        grow(buffer, taps.len() * self.line);
-        let c = x.c;
-        let before = (self.before * c).min(self.line);
-        let inside = (x.w * c).min(self.line - before);
-        for (padded, &(_, iy)) in buffer.chunks_exact_mut(self.line).zip(&taps) {
-            let input = &x.data[((image * x.h + iy) * x.w) * c..][..inside];
-            padded[..before].fill(0.0);
-            padded[before..before + inside].copy_from_slice(input);
-            padded[before + inside..].fill(0.0);
+    /// The (kernel row, input line) pairs of output line `oy` of `image`, kernel rows on
+    /// padding left out.
+    fn rows<'a>(&self, window: &Window, x: &'a Map, image: usize, oy: usize) -> Rows<'a> {
+        (window.taps(0, oy, x.h).enumerate())
+            .filter_map(|(ky, iy)| {
+                iy.map(|iy| (ky, &x.data[(image * x.h + iy) * self.line..][..self.line]))
+            })
+            .collect()
+    }
+
+    /// Whether the group of pixels from output column `ox` on lies inside the input.
+    fn inside(&self, ox: usize) -> bool {
+        ox >= self.first && ox + PIXELS <= self.end
+    }
+
+    /// The columns the group from output column `ox` on reads, copied from `rows` into
+    /// `buffer` with zeros where they fall on padding.
+    fn copy_edge<'a>(&self, rows: &Rows, ox: usize, buffer: &'a mut Vec<f32>) -> Rows<'a> {
+        grow(buffer, rows.len() * self.group_line);
+        // Input column `from + j` goes to column `j`.
+        let from = (ox * self.stride) as isize - self.before as isize;
+        let width = (self.line / self.c) as isize;
+        let columns = (self.group_line / self.c) as isize;
+        let first = (-from).clamp(0, columns) as usize;
+        let end = (width - from).clamp(first as isize, columns) as usize;
+        let (first, end) = (first * self.c, end * self.c);
+        for (padded, (_, line)) in buffer.chunks_exact_mut(self.group_line).zip(rows) {
+            let start = (from.max(0) as usize) * self.c;
+            padded[..first].fill(0.0);
+            padded[first..end].copy_from_slice(&line[start..start + end - first]);
+            padded[end..].fill(0.0);
         }
-        let lines = buffer.chunks_exact(self.line);
-        taps.iter()
-            .zip(lines)
+        let copies = buffer.chunks_exact(self.group_line);
+        rows.iter()
+            .zip(copies)
             .map(|(&(ky, _), line)| (ky, line))
             .collect()
     }
 
-    /// The taps of the pixel group from output column `ox` on.
-    fn span<'a>(&self, rows: &'a [(usize, &'a [f32])], ox: usize) -> Span<'a> {
+    /// The taps of a pixel group over `rows`, its first window from column `start` on.
+    fn span<'a>(&self, rows: &'a Rows<'a>, start: usize) -> Span<'a> {
         Span {
             rows,
-            start: ox * self.stride,
+            start,
             stride: self.stride,
             dilation: self.dilation,
             kw: self.kw,
@@ -269,14 +307,17 @@ impl Layout {
     }
 }
 
+/// (kernel row, input line) pairs.
+type Rows<'a> = Vec<(usize, &'a [f32])>;
+
 /// Output pixels computed together by the span kernels.
 const PIXELS: usize = 4;
 
 /// The taps of [`PIXELS`] adjacent output pixels.
 struct Span<'a> {
-    /// (kernel row, padded input line) pairs.
+    /// (kernel row, input line or edge copy) pairs.
     rows: &'a [(usize, &'a [f32])],
-    /// The padded line's column under the first pixel's first tap.
+    /// The line's column under the first pixel's first tap.
     start: usize,
     stride: usize,
     dilation: usize,
@@ -284,7 +325,7 @@ struct Span<'a> {
 }
 
 impl Span<'_> {
-    /// The padded line's column under tap `kx` of pixel `p`.
+    /// The line's column under tap `kx` of pixel `p`.
     #[inline(always)]
     fn column(&self, p: usize, kx: usize) -> usize {
         self.start + p * self.stride + kx * self.dilation

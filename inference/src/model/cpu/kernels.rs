@@ -11,7 +11,7 @@ use std::cell::Cell;
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
 
-use super::buffers::spare;
+use super::buffers::{Buffer, spare};
 use super::direct::Direct;
 use super::winograd::{Finish, Winograd};
 use crate::model::graph::Activation;
@@ -23,7 +23,7 @@ pub struct Map {
     pub h: usize,
     pub w: usize,
     pub c: usize,
-    pub data: Vec<f32>,
+    pub data: Buffer,
 }
 
 /// A batch of feature vectors `[n, f]`, row-major.
@@ -64,7 +64,7 @@ impl Map {
             return Vectors {
                 n,
                 f,
-                data: self.data,
+                data: self.data.into_vec(),
             };
         }
         let pixels = self.h * self.w;
@@ -648,7 +648,7 @@ pub fn global_average(x: &Map) -> Map {
         h: 1,
         w: 1,
         c: x.c,
-        data,
+        data: data.into(),
     }
 }
 

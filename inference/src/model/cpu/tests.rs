@@ -45,7 +45,7 @@ fn assert_close(ours: &Map, reference: &Map, what: &str) {
     let worst = ours
         .data
         .iter()
-        .zip(&reference.data)
+        .zip(reference.data.iter())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     let scale = reference.data.iter().fold(1.0f32, |m, v| m.max(v.abs()));
