@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model-only speed per network family (docs/PERFORMANCE.md "Speed per family"): each network
-# of the coverage table (the dynamo export, random weights) run by `inference bench` and by
+# of the coverage table (the dynamo export where there is one, else the TorchScript one; random
+# weights) run by `inference bench` and by
 # ONNX Runtime on the same file, same batch sizes, one after the other in one run.
 #
 #   inference/scripts/bench-families.sh [BIN_DIR] [NETWORK...]
@@ -15,7 +16,8 @@ shift || true
 networks=("$@")
 if [ ${#networks[@]} -eq 0 ]; then
     networks=(resnet18 resnet50 vgg11 mobilenet_v2 mobilenet_v3_small mobilenet_v3_large
-        efficientnet_b0 efficientnet_lite0 regnet_y_400mf densenet121 squeezenet1_0)
+        efficientnet_b0 efficientnet_lite0 regnet_y_400mf densenet121 squeezenet1_0
+        convnext_tiny)
 fi
 python="${PYTHON:-python3}"
 work="$(mktemp -d)"
@@ -29,6 +31,7 @@ echo "| network | ours b1 ms | ORT b1 ms | ratio (≤ 1.5) | ours b8 img/s | ORT
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for net in "${networks[@]}"; do
     skeleton="$here/../tests/coverage/$net-dynamo.onnx.gz"
+    [ -f "$skeleton" ] || skeleton="$here/../tests/coverage/$net-script.onnx.gz"
     "$python" "$here/coverage_models.py" fill "$skeleton" "$work/$net.onnx"
     "$bin_dir/inference" import "$work/$net.onnx" --labels imagenet > /dev/null
     "$bin_dir/inference" bench --model "$work/$net.json" --batch-sizes 1,8 --json > "$work/ours.json"

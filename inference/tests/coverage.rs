@@ -13,13 +13,6 @@ use std::path::{Path, PathBuf};
 use common::{LOGIT_BOUND, inputs, max_abs_diff, onnx_runtime_logits, std_dev, top5};
 use inference::model::{Classifier, DeviceChoice, ModelSpec, Preprocess};
 
-/// Networks the table lists as not covered, with the reason `import` must give.
-const NOT_COVERED: [(&str, &str); 1] = [(
-    // Channels-last LayerNorm blocks: Transpose, LayerNormalization and MatMul on 4-D maps.
-    "convnext_tiny",
-    "(Transpose) is not supported",
-)];
-
 fn skeletons() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/coverage");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -105,19 +98,13 @@ fn every_network_of_the_table_imports_runs_natively_and_matches_onnx_runtime() {
     for skeleton in skeletons {
         let onnx = filled(&skeleton, dir.path());
         let name = onnx.file_stem().and_then(|n| n.to_str()).expect("name");
-        let not_covered = NOT_COVERED.iter().find(|(net, _)| name.starts_with(net));
-        let outcome = match (load(&onnx), not_covered) {
-            (Err(error), Some((_, reason))) if error.contains(reason) => {
-                println!("{name}: not covered, as the table says ({error})");
-                Ok(())
-            }
-            (Ok(_), Some(_)) => Err("imports, but the table says it is not covered".into()),
-            (Err(error), _) => Err(error),
-            (Ok(model), None) if model.backend() != "native" => Err(format!(
+        let outcome = match load(&onnx) {
+            Err(error) => Err(error),
+            Ok(model) if model.backend() != "native" => Err(format!(
                 "runs on {}, not the native engine",
                 model.backend()
             )),
-            (Ok(model), None) => compare(&model, &onnx).map(|ratio| {
+            Ok(model) => compare(&model, &onnx).map(|ratio| {
                 println!("{name}: native, max |Δlogit| {ratio:.1e} × logit std");
             }),
         };

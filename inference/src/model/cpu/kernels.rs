@@ -211,6 +211,11 @@ pub fn finish_rows(block: &mut [f32], bias: &[f32], activation: Option<Activatio
         Some(Activation::HardSigmoid { alpha, beta }) => rows(block, bias, |v| {
             Activation::HardSigmoid { alpha, beta }.apply(v)
         }),
+        Some(Activation::Scale { factor, offset }) => {
+            rows(block, bias, |v| factor * v + offset);
+        }
+        Some(Activation::Erf) => rows(block, bias, |v| Activation::Erf.apply(v)),
+        Some(Activation::Gelu) => rows(block, bias, |v| Activation::Gelu.apply(v)),
     }
 }
 
@@ -631,6 +636,31 @@ pub enum PoolKind {
     Average {
         count_padding: bool,
     },
+}
+
+/// LayerNorm over each pixel's channels, in place (ConvNeXt): the channels of a pixel lie
+/// side by side in a channels-last map, so each pixel is normalised where it lies, and the
+/// pixels are shared between the cores in runs of about 16 KiB.
+pub fn channel_norm(x: &mut Map, scale: &[f32], shift: &[f32], epsilon: f32) -> Result<(), String> {
+    let c = x.c;
+    if scale.len() != c || shift.len() != c {
+        return Err(format!(
+            "{c} channels, the normalisation has {}",
+            scale.len()
+        ));
+    }
+    let per_task = (4096 / c).max(1) * c;
+    x.data.par_chunks_mut(per_task).for_each(|pixels| {
+        for pixel in pixels.chunks_mut(c) {
+            let mean = pixel.iter().sum::<f32>() / c as f32;
+            let variance = pixel.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let inverse = 1.0 / (variance + epsilon).sqrt();
+            for ((v, s), t) in pixel.iter_mut().zip(scale).zip(shift) {
+                *v = (*v - mean) * inverse * s + t;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Mean over all pixels of each map: `[n, 1, 1, c]`.

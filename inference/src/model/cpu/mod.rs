@@ -19,7 +19,7 @@ mod winograd;
 
 use std::sync::Arc;
 
-use super::graph::{Activation, GraphError, Op, Schedule, Step, Wired, readers};
+use super::graph::{Activation, GraphError, Normalized, Op, Schedule, Step, Wired, readers};
 use kernels::{Algorithm, Conv, Epilogue, Map, PoolKind, Vectors, Window};
 
 /// A graph compiled to native kernels, with fused convolutions.
@@ -47,6 +47,12 @@ enum NativeOp {
         shift: Vec<f32>,
     },
     Activation(Activation),
+    /// LayerNorm over each pixel's channels.
+    ChannelNorm {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        epsilon: f32,
+    },
     Pool(Window, PoolKind),
     GlobalAvgPool,
     Add,
@@ -194,6 +200,15 @@ impl Kernel {
                 Value::Map(Arc::new(x))
             }
             NativeOp::Activation(activation) => first.activate(*activation),
+            NativeOp::ChannelNorm {
+                scale,
+                shift,
+                epsilon,
+            } => {
+                let mut x = Arc::unwrap_or_clone(self.map(first)?);
+                kernels::channel_norm(&mut x, scale, shift, *epsilon).map_err(|e| self.error(e))?;
+                Value::Map(Arc::new(x))
+            }
             NativeOp::Pool(window, kind) => {
                 let x = self.map(first)?;
                 let out = kernels::pool(&x, window, *kind).map_err(|e| self.error(e))?;
@@ -423,6 +438,33 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
         }
         Op::Softmax => NativeOp::Softmax,
         Op::Identity => NativeOp::Identity,
+        Op::LayerNorm {
+            scale,
+            shift,
+            epsilon,
+            over: Normalized::Channels,
+        } => {
+            let scale = values(scale.to_data())?;
+            NativeOp::ChannelNorm {
+                shift: match shift {
+                    Some(s) => values(s.to_data())?,
+                    None => vec![0.0; scale.len()],
+                },
+                scale,
+                epsilon: *epsilon as f32,
+            }
+        }
+        Op::LayerNorm {
+            over: Normalized::LastAxis,
+            ..
+        }
+        | Op::Permute(_) => {
+            return Err(format!(
+                "{}: transposed feature maps (only a LayerNorm over the channels between two \
+                 Transposes runs natively)",
+                step.name
+            ));
+        }
     };
     sizes[step.output] = match &op {
         NativeOp::Pool(window, _) => input.and_then(|(h, w)| window.output(h, w).ok()),

@@ -2,7 +2,7 @@
 //! shape ResNet-style graphs use, plus the awkward ones (asymmetric padding, dilation,
 //! ceil-mode pooling), and the fused epilogues.
 
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::module::{avg_pool2d, conv2d, layer_norm, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -205,6 +205,11 @@ fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
         Some(Activation::HardSwish),
         Some(Activation::Silu),
         Some(Activation::Sigmoid),
+        Some(Activation::Gelu),
+        Some(Activation::Scale {
+            factor: 0.7,
+            offset: 1.0,
+        }),
     ];
     for (name, input, weight, groups, stride, padding, dilation) in cases {
         let case = ConvCase {
@@ -313,6 +318,32 @@ fn flatten_keeps_onnx_channel_major_order() {
     let flat = Map::from_nchw(&x, dims).flatten();
     assert_eq!((flat.n, flat.f), (2, 12));
     assert_eq!(flat.data, x, "NCHW flatten order is the original order");
+}
+
+#[test]
+fn channel_norm_matches_burns_layer_norm_over_the_channels() {
+    // 300 channels: more than one pixel per task, and a last task with fewer pixels.
+    for dims in [[2, 5, 3, 4], [1, 300, 4, 5]] {
+        let c = dims[1];
+        let x = random(dims.iter().product(), 5);
+        let (scale, shift) = (random(c, 6), random(c, 7));
+        let vector =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [c]), &Device::flex());
+        let channels_last = tensor(&x, dims).permute([0, 2, 3, 1]);
+        let expected = layer_norm(channels_last, vector(&scale), Some(vector(&shift)), 1e-6);
+        let expected = nhwc(expected.permute([0, 3, 1, 2]));
+        let mut ours = Map::from_nchw(&x, dims);
+        kernels::channel_norm(&mut ours, &scale, &shift, 1e-6).expect("runs");
+        assert_close(&ours, &expected, &format!("channel norm {dims:?}"));
+    }
+    let err = kernels::channel_norm(
+        &mut Map::from_nchw(&[0.0; 8], [1, 2, 2, 2]),
+        &[1.0; 3],
+        &[0.0; 3],
+        1e-6,
+    )
+    .expect_err("3 values for 2 channels");
+    assert!(err.contains("2 channels"), "{err}");
 }
 
 #[test]

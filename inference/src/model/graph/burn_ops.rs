@@ -1,14 +1,16 @@
 //! burn's operations running the steps: GPUs, `--device flex`, and any graph the native
 //! kernels do not cover.
 
-use burn::tensor::activation::{hard_sigmoid, relu, sigmoid, silu, softmax};
-use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, linear, max_pool2d};
+use burn::tensor::activation::{gelu, hard_sigmoid, relu, sigmoid, silu, softmax};
+use burn::tensor::module::{
+    adaptive_avg_pool2d, avg_pool2d, conv2d, layer_norm, linear, max_pool2d,
+};
 use burn::tensor::{Device, FloatDType, Tensor};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
 use super::GraphError;
 use super::schedule::Schedule;
-use super::step::{Activation, ConvPart, Op, Step};
+use super::step::{Activation, ConvPart, Normalized, Op, Step};
 
 /// A tensor flowing between operations. Classifier graphs only carry feature maps
 /// (`[N, C, H, W]`) and, after flattening, feature vectors (`[N, F]`).
@@ -140,6 +142,23 @@ impl Step {
             }
             Op::Softmax => Value::Vector(softmax(self.vector(first)?, 1)),
             Op::Identity => first,
+            Op::Permute(perm) => Value::Map(self.map(first)?.permute(*perm)),
+            Op::LayerNorm {
+                scale,
+                shift,
+                epsilon,
+                over,
+            } => {
+                let map = match over {
+                    Normalized::LastAxis => self.map(first)?,
+                    Normalized::Channels => self.map(first)?.permute([0, 2, 3, 1]),
+                };
+                let normalized = layer_norm(map, scale.clone(), shift.clone(), *epsilon);
+                Value::Map(match over {
+                    Normalized::LastAxis => normalized,
+                    Normalized::Channels => normalized.permute([0, 3, 1, 2]),
+                })
+            }
         };
         Ok(value)
     }
@@ -189,5 +208,8 @@ fn activate<const D: usize>(t: Tensor<D>, activation: Activation) -> Tensor<D> {
         Activation::HardSigmoid { alpha, beta } => hard_sigmoid(t, alpha.into(), beta.into()),
         Activation::HardSwish => t.clone() * hard_sigmoid(t, 1.0 / 6.0, 0.5),
         Activation::Silu => silu(t),
+        Activation::Scale { factor, offset } => t.mul_scalar(factor).add_scalar(offset),
+        Activation::Erf => t.erf(),
+        Activation::Gelu => gelu(t),
     }
 }

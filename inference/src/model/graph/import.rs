@@ -6,7 +6,7 @@ use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
 use onnx_ir::{ArgType, Argument, Node};
 
 use super::GraphError;
-use super::step::{Activation, Op, Step};
+use super::step::{Activation, Normalized, Op, Step};
 
 /// The graph as steps over numbered slots, as imported (before any pass).
 pub(super) struct Imported {
@@ -203,8 +203,48 @@ impl Builder {
                 (Op::AvgPool(options), first())
             }
             Node::GlobalAveragePool(_) => (Op::GlobalAvgPool, first()),
-            Node::Add(_) => (Op::Add, self.two_dynamic(node)?),
-            Node::Mul(_) => (Op::Mul, self.two_dynamic(node)?),
+            Node::Add(_) => self.arithmetic(node, Arithmetic::Add)?,
+            Node::Sub(_) => self.arithmetic(node, Arithmetic::Sub)?,
+            Node::Mul(_) => self.arithmetic(node, Arithmetic::Mul)?,
+            Node::Div(_) => self.arithmetic(node, Arithmetic::Div)?,
+            Node::Erf(_) => (Op::Activation(Activation::Erf), first()),
+            Node::Transpose(transpose) => {
+                let perm: Vec<usize> = transpose
+                    .config
+                    .perm
+                    .iter()
+                    .map(|&p| usize::try_from(p).unwrap_or(usize::MAX))
+                    .collect();
+                let perm: [usize; 4] = perm
+                    .try_into()
+                    .ok()
+                    .filter(|p: &[usize; 4]| {
+                        let mut sorted = *p;
+                        sorted.sort_unstable();
+                        sorted == [0, 1, 2, 3]
+                    })
+                    .ok_or_else(|| unsupported(node, "transpose of other than a feature map"))?;
+                (Op::Permute(perm), first())
+            }
+            Node::LayerNormalization(norm) => {
+                let rank = inputs[0].ty.rank();
+                let last = norm.config.axis == -1 || norm.config.axis == rank as i64 - 1;
+                if !last {
+                    return Err(unsupported(
+                        node,
+                        "layer normalisation over more than the last axis",
+                    ));
+                }
+                (
+                    Op::LayerNorm {
+                        scale: self.constant::<1>(node, 1)?,
+                        shift: self.optional_constant::<1>(node, 2)?,
+                        epsilon: norm.config.epsilon,
+                        over: Normalized::LastAxis,
+                    },
+                    first(),
+                )
+            }
             Node::Flatten(flatten) => {
                 if flatten.config.axis != 1 {
                     return Err(unsupported(node, "flatten on an axis other than 1"));
@@ -266,22 +306,82 @@ impl Builder {
                 return Err(unsupported(
                     other,
                     "operator outside the supported set (Conv, BatchNormalization, Relu, Sigmoid, \
-                     Clip, HardSigmoid, HardSwish, MaxPool, AveragePool, GlobalAveragePool, \
-                     ReduceMean over H and W, Pad before Conv, Add, Mul, Concat, Flatten, \
-                     Reshape, Gemm, MatMul+Add, Softmax, Identity, Dropout; shape arithmetic \
-                     that is constant for the input size)",
+                     Clip, HardSigmoid, HardSwish, Erf, MaxPool, AveragePool, GlobalAveragePool, \
+                     ReduceMean over H and W, Pad before Conv, Add, Sub, Mul, Div, Concat, \
+                     Flatten, Reshape, Gemm, MatMul+Add, LayerNormalization, Transpose, Softmax, \
+                     Identity, Dropout; shape arithmetic that is constant for the input size)",
                 ));
             }
         };
         Ok(op)
     }
 
-    fn two_dynamic<'n>(&self, node: &'n Node) -> Result<Vec<&'n Argument>, GraphError> {
+    /// `a op b`: two computed maps (Add, Mul), or a computed one and a constant, either a
+    /// single value (an element-wise [`Activation::Scale`], which the native engine fuses
+    /// into the convolution before it) or one per channel (an [`Op::Affine`], which
+    /// `passes::fold_batch_norms` folds into it).
+    fn arithmetic<'n>(
+        &self,
+        node: &'n Node,
+        kind: Arithmetic,
+    ) -> Result<(Op, Vec<&'n Argument>), GraphError> {
         let inputs = node.inputs();
-        if inputs.len() != 2 || inputs.iter().any(|a| a.value().is_some()) {
-            return Err(unsupported(node, "element-wise op with a constant operand"));
+        let [a, b] = inputs else {
+            return Err(unsupported(node, "expects two operands"));
+        };
+        let (computed, constant, constant_first) = match (a.value(), b.value()) {
+            (None, None) => {
+                let op = match kind {
+                    Arithmetic::Add => Op::Add,
+                    Arithmetic::Mul => Op::Mul,
+                    Arithmetic::Sub | Arithmetic::Div => {
+                        return Err(unsupported(node, "subtraction or division of two maps"));
+                    }
+                };
+                return Ok((op, vec![a, b]));
+            }
+            (None, Some(c)) => (a, c, false),
+            (Some(c), None) => (b, c, true),
+            (Some(_), Some(_)) => return Err(unsupported(node, "two constant operands")),
+        };
+        let shape = constant.shape().to_vec();
+        let values = constant
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| unsupported(node, format!("constant operand: {e:?}")))?;
+        let pairs = values
+            .iter()
+            .map(|&c| kind.as_scale(c, constant_first))
+            .collect::<Option<Vec<(f32, f32)>>>()
+            .ok_or_else(|| unsupported(node, "division by a computed map"))?;
+        if let [(factor, offset)] = pairs[..] {
+            return Ok((
+                Op::Activation(Activation::Scale { factor, offset }),
+                vec![computed],
+            ));
         }
-        Ok(inputs.iter().collect())
+        let channels = pairs.len();
+        let per_channel = matches!(shape.as_slice(), [c, 1, 1] | [1, c, 1, 1] if *c == channels);
+        if !per_channel {
+            return Err(unsupported(
+                node,
+                format!(
+                    "constant operand of shape {shape:?}: only a single value or one per channel"
+                ),
+            ));
+        }
+        let tensor = |values: Vec<f32>| {
+            Tensor::<4>::from_data(TensorData::new(values, [1, channels, 1, 1]), &self.device)
+                .cast(self.dtype)
+        };
+        let (scale, shift) = pairs.into_iter().unzip();
+        Ok((
+            Op::Affine {
+                scale: tensor(scale),
+                shift: tensor(shift),
+            },
+            vec![computed],
+        ))
     }
 
     fn tensor_data(&self, node: &Node, index: usize) -> Result<Option<TensorData>, GraphError> {
@@ -368,6 +468,30 @@ impl Builder {
                 .cast(self.dtype)
         };
         Ok((to_tensor(scale), to_tensor(shift)))
+    }
+}
+
+/// The four arithmetic operators, which take a constant operand.
+#[derive(Clone, Copy)]
+enum Arithmetic {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Arithmetic {
+    /// `x op c` (or `c op x` when `constant_first`) as `factor · x + offset`; `None` for
+    /// `c / x`, which is not affine.
+    fn as_scale(self, c: f32, constant_first: bool) -> Option<(f32, f32)> {
+        Some(match (self, constant_first) {
+            (Self::Add, _) => (1.0, c),
+            (Self::Sub, false) => (1.0, -c),
+            (Self::Sub, true) => (-1.0, c),
+            (Self::Mul, _) => (c, 0.0),
+            (Self::Div, false) => (1.0 / c, 0.0),
+            (Self::Div, true) => return None,
+        })
     }
 }
 

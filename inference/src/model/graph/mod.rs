@@ -9,16 +9,19 @@
 //! Where things happen, in the order a file goes through them:
 //! - `rewrite`: the protobuf itself, before onnx-ir reads it: shape arithmetic evaluated
 //!   for the input size, exporter idioms (Pad before Conv, ReduceMean as pooling, Reshape as
-//!   flatten) rewritten, external weights read in.
+//!   flatten, ConvNeXt's channels-last blocks channels-first) rewritten, external weights
+//!   read in.
 //! - `import`: each onnx-ir node translated into a step (where an ONNX operator is supported).
-//! - `passes`: steps rewritten for speed whatever runs them (batch norms folded into
-//!   convolutions, convolutions split for two threads).
+//! - `passes`: steps rewritten for speed whatever runs them (SiLU and GELU joined into one
+//!   activation, a LayerNorm between two Transposes into one over the channels, batch norms
+//!   and per-channel products folded into convolutions, convolutions split for two
+//!   threads).
 //! - the engines: our native CPU kernels ([`super::cpu`], the default on the CPU) or burn's
 //!   operations (`burn_ops`: GPUs, `--device flex`, graphs the native kernels do not cover).
 //!
 //! The supported operator set covers convolutional classifiers (ResNet, VGG, MobileNet-style
-//! graphs): convolution, batch normalisation, pooling, element-wise activations and
-//! arithmetic, flatten/reshape, linear layers and softmax. Anything else is refused at load
+//! graphs, ConvNeXt): convolution, batch and layer normalisation, pooling, element-wise
+//! activations and arithmetic, flatten/reshape, linear layers and softmax. Anything else is refused at load
 //! time with the operator and node named, never at request time.
 
 mod burn_ops;
@@ -38,7 +41,7 @@ use burn_ops::BurnGraph;
 use import::{Builder, Imported};
 pub use rewrite::Rewrites;
 pub(crate) use schedule::{Schedule, Wired, readers};
-pub(crate) use step::{Activation, Op, Step};
+pub(crate) use step::{Activation, Normalized, Op, Step};
 
 /// Why a model file could not be turned into a runnable network.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +248,8 @@ impl Engine {
             ..
         } = imported;
         let steps = passes::join_silu(steps, slots, output_slot);
+        let steps = passes::join_gelu(steps, slots, output_slot);
+        let steps = passes::join_channel_norms(steps, slots, output_slot);
         let mut steps = passes::fold_batch_norms(steps, slots, output_slot);
         let cpu = *device == Device::flex();
         let mut not_native = None;

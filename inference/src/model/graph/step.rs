@@ -38,6 +38,29 @@ pub(crate) enum Op {
     },
     Softmax,
     Identity,
+    /// Axes of a feature map reordered, as ONNX's Transpose. Only ever between a map and a
+    /// [`Normalized::LastAxis`] LayerNorm, which [`join_channel_norms`] turns into one over
+    /// the channels.
+    ///
+    /// [`join_channel_norms`]: super::passes::join_channel_norms
+    Permute([usize; 4]),
+    /// LayerNorm: `(x − mean) / sqrt(var + epsilon) · scale + shift`, mean and (biased)
+    /// variance taken over `over`; `scale` and `shift` hold one value per normalised channel.
+    LayerNorm {
+        scale: Tensor<1>,
+        shift: Option<Tensor<1>>,
+        epsilon: f64,
+        over: Normalized,
+    },
+}
+
+/// The axis a LayerNorm normalises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Normalized {
+    /// The last axis, as ONNX's LayerNormalization has it (of a map transposed channels-last).
+    LastAxis,
+    /// The channels of each pixel of a `[N, C, H, W]` map (ConvNeXt's LayerNorm, joined).
+    Channels,
 }
 
 /// The element-wise activations of current CNN families, each one function of one value, so
@@ -61,6 +84,16 @@ pub(crate) enum Activation {
     /// `x · sigmoid(x)` (SiLU, Swish: EfficientNet, RegNetY's SE-free parts): exporters write
     /// it as Sigmoid and Mul, joined by a pass.
     Silu,
+    /// `factor · x + offset`: arithmetic with a single constant (`x / √2`, `x + 1`).
+    Scale {
+        factor: f32,
+        offset: f32,
+    },
+    /// The error function (exporters write GELU with it).
+    Erf,
+    /// `x · Φ(x) = ½ · x · (1 + erf(x / √2))`, GELU without approximation (ConvNeXt):
+    /// exporters write it as five operations, joined by a pass.
+    Gelu,
 }
 
 impl Activation {
@@ -75,6 +108,9 @@ impl Activation {
             Self::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
             Self::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
             Self::Silu => x / (1.0 + exp(-x)),
+            Self::Scale { factor, offset } => factor * x + offset,
+            Self::Erf => erf(x),
+            Self::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
         }
     }
 }
@@ -104,6 +140,28 @@ pub(crate) fn exp(x: f32) -> f32 {
         .wrapping_add(127)
         << 23;
     p * f32::from_bits(exponent)
+}
+
+/// `erf(x)` within 5e-7 absolute (1.5e-7 from the formula, the rest f32 rounding), as
+/// arithmetic the compiler can vectorise (Rust's standard library has no `erf` for `f32`):
+/// Abramowitz & Stegun 7.1.26,
+/// `erf(x) = 1 − (a₁t + a₂t² + a₃t³ + a₄t⁴ + a₅t⁵) · e^(−x²)` with `t = 1 / (1 + p·|x|)`,
+/// odd in `x`.
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let magnitude = x.abs();
+    let t = 1.0 / (1.0 + P * magnitude);
+    let polynomial = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let value = 1.0 - polynomial * exp(-magnitude * magnitude);
+    value.copysign(x)
 }
 
 /// Convolution weights and bias for a range of output channels.
@@ -141,5 +199,48 @@ mod tests {
         }
         assert!(super::exp(-1000.0) >= 0.0 && super::exp(-1000.0) < 1e-37);
         assert!(super::exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn erf_is_within_5e7_of_its_values_and_odd() {
+        // erf to ten places (Abramowitz & Stegun, table 7.1).
+        let table = [
+            (0.0, 0.0),
+            (0.1, 0.112_462_916_0),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (1.5, 0.966_105_146_5),
+            (2.0, 0.995_322_265_0),
+            (3.0, 0.999_977_909_5),
+            (6.0, 1.0),
+        ];
+        for (x, expected) in table {
+            for (x, expected) in [(x, expected), (-x, -expected)] {
+                let ours = f64::from(super::erf(x as f32));
+                assert!(
+                    (ours - expected).abs() < 5e-7,
+                    "erf({x}) = {ours}, not {expected}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_is_half_x_times_one_plus_erf() {
+        use super::Activation;
+        // x · Φ(x) to nine places.
+        let table: [(f32, f64); 4] = [
+            (-3.0, -0.004_049_694),
+            (-1.0, -0.158_655_254),
+            (0.5, 0.345_731_231),
+            (2.0, 1.954_499_736),
+        ];
+        for (x, expected) in table {
+            let ours = f64::from(Activation::Gelu.apply(x));
+            assert!(
+                (ours - expected).abs() < 1e-6,
+                "gelu({x}) = {ours}, not {expected}"
+            );
+        }
     }
 }

@@ -7,9 +7,11 @@
 //! flattening as a Reshape to `[-1, C]`. For a classifier fed images of one size, all of that is
 //! constant except the batch size. This module computes every tensor's shape for that size with
 //! the batch kept symbolic ([`shapes`]), evaluates the shape arithmetic, and rewrites the
-//! patterns ([`patterns`]) on the protobuf itself, which onnx-ir re-exports for this purpose.
+//! patterns ([`patterns`]) and ConvNeXt-style channels-last blocks ([`channels_last`]) on the
+//! protobuf itself, which onnx-ir re-exports for this purpose.
 //! Nothing is approximated: a rewrite either is exact for every batch size or is not made.
 
+mod channels_last;
 mod patterns;
 mod shapes;
 
@@ -39,6 +41,8 @@ pub struct Rewrites {
     pub means_pooled: usize,
     /// Reshapes recognised as flattening a feature map.
     pub flattens: usize,
+    /// Channels-last blocks (ConvNeXt's) rewritten channels-first.
+    pub channels_last_blocks: usize,
     /// Weights read from external data files into the model.
     pub external_inlined: usize,
 }
@@ -51,6 +55,10 @@ impl std::fmt::Display for Rewrites {
             (self.pads_merged, "Pad nodes merged into convolutions"),
             (self.means_pooled, "ReduceMean nodes read as global pooling"),
             (self.flattens, "Reshapes read as flattening"),
+            (
+                self.channels_last_blocks,
+                "channels-last blocks rewritten channels-first",
+            ),
             (
                 self.external_inlined,
                 "weights read from an external data file",
@@ -90,6 +98,7 @@ pub(super) fn prepare(
     let (folded, shapes) = shapes::fold(graph, image_size)?;
     rewrites.folded = folded;
     patterns::rewrite(graph, &shapes, &mut rewrites);
+    rewrites.channels_last_blocks = channels_last::rewrite(graph, &shapes);
     remove_dead_nodes(graph);
     Ok(rewrites)
 }

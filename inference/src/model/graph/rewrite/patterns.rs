@@ -233,7 +233,7 @@ fn flatten_reshapes(graph: &mut GraphProto, shapes: &Shapes) -> usize {
 }
 
 /// For each tensor name, the indices of the nodes that read it.
-fn readers(graph: &GraphProto) -> HashMap<String, Vec<usize>> {
+pub(super) fn readers(graph: &GraphProto) -> HashMap<String, Vec<usize>> {
     let mut readers: HashMap<String, Vec<usize>> = HashMap::new();
     for (index, node) in graph.node.iter().enumerate() {
         for input in &node.input {

@@ -391,3 +391,101 @@ fn torchs_computed_pads_are_evaluated_and_merged() {
         Some(vec![0, 0, 1, 1])
     );
 }
+
+/// A float initializer holding `values`.
+fn floats(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    let mut tensor = weight(name, dims);
+    tensor.float_data = values.to_vec();
+    tensor
+}
+
+/// ConvNeXt's block as torch exports it, shrunk: permute to channels-last, LayerNorm, a Linear
+/// (MatMul + Add), arithmetic with a single value and with one value per channel, permute back.
+fn channels_last_block(inside: NodeProto) -> ModelProto {
+    model(
+        vec![
+            with_ints(node("Transpose", &["x"], &["t"]), "perm", &[0, 2, 3, 1]),
+            node("LayerNormalization", &["t", "g", "b"], &["n"]),
+            node("MatMul", &["n", "w"], &["mm"]),
+            node("Add", &["bias", "mm"], &["lin"]),
+            inside,
+            node("Mul", &["half", "scale"], &["scaled"]),
+            with_ints(
+                node("Transpose", &["scaled"], &["y"]),
+                "perm",
+                &[0, 3, 1, 2],
+            ),
+        ],
+        vec![
+            floats("g", &[3], &[1.0, 1.5, 2.0]),
+            floats("b", &[3], &[0.0, 0.1, 0.2]),
+            // [in 3, out 2]: w[i][o] = 1 + 2i + o.
+            floats("w", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            floats("bias", &[2], &[10.0, 20.0]),
+            floats("two", &[], &[2.0]),
+            floats("scale", &[2], &[7.0, 8.0]),
+        ],
+    )
+}
+
+#[test]
+fn a_channels_last_block_is_rewritten_channels_first() {
+    let mut m = channels_last_block(node("Div", &["lin", "two"], &["half"]));
+    let rewrites = prepare(&mut m, Path::new("."), 8).expect("rewrites");
+    assert_eq!(rewrites.channels_last_blocks, 1);
+    assert_eq!(
+        ops(&m),
+        [
+            "Transpose",
+            "LayerNormalization",
+            "Transpose",
+            "Conv",
+            "Div",
+            "Mul",
+            "Identity"
+        ],
+        "the LayerNorm alone keeps its channels last; the graph output is still written"
+    );
+    let perm = |at: usize| ints_attribute(&m.graph.node[at], "perm");
+    assert_eq!(
+        (perm(0), perm(2)),
+        (Some(vec![0, 2, 3, 1]), Some(vec![0, 3, 1, 2]))
+    );
+    assert_eq!(m.graph.node[0].input, ["x"]);
+    let values = |name: &str| {
+        let t = m
+            .graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .expect(name);
+        (t.dims.clone(), float_values(t).expect("floats"))
+    };
+    // The Linear as a 1×1 convolution: weight [out, in, 1, 1], the Add as its bias.
+    let conv = &m.graph.node[3];
+    assert_eq!(conv.input[0], m.graph.node[2].output[0]);
+    assert_eq!(conv.output, ["lin"]);
+    assert_eq!(
+        values(&conv.input[1]),
+        (vec![2, 3, 1, 1], vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0])
+    );
+    assert_eq!(values(&conv.input[2]), (vec![2], vec![10.0, 20.0]));
+    // The single value stays; the per-channel one broadcasts over [N, C, H, W].
+    assert_eq!(m.graph.node[4].input, ["lin", "two"]);
+    assert_eq!(
+        values(&m.graph.node[5].input[1]),
+        (vec![2, 1, 1], vec![7.0, 8.0])
+    );
+    assert_eq!(m.graph.node[6].input, ["scaled"]);
+}
+
+#[test]
+fn a_channels_last_block_with_an_operator_it_cannot_move_is_left_alone() {
+    // Softmax over the last axis is not element-wise: channels-first it would mean another
+    // axis, so nothing of the block is rewritten.
+    let mut m = channels_last_block(node("Softmax", &["lin"], &["half"]));
+    let before = ops(&m);
+    let rewrites = prepare(&mut m, Path::new("."), 8).expect("rewrites");
+    assert_eq!(rewrites.channels_last_blocks, 0);
+    assert_eq!(ops(&m), before);
+}
