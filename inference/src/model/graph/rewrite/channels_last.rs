@@ -42,6 +42,9 @@ const ELEMENT_WISE: [&str; 14] = [
 
 /// Rewrites every channels-last island of `graph` channels-first; returns how many.
 pub(super) fn rewrite(graph: &mut GraphProto, shapes: &Shapes) -> usize {
+    if !graph.node.iter().any(|n| is_transpose(n, TO_CHANNELS_LAST)) {
+        return 0;
+    }
     let constants = Constants::of(graph);
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let readers = super::patterns::readers(graph);
@@ -175,55 +178,60 @@ fn is_transpose(node: &NodeProto, perm: [i64; 4]) -> bool {
 
 /// The float constants of the graph (initializers and Constant nodes), seen through the
 /// Identity nodes the TorchScript exporter puts between shared weights and their readers.
-struct Constants {
-    values: HashMap<String, (Vec<i64>, Vec<f32>)>,
+/// Values are decoded only for the few constants an island uses.
+struct Constants<'g> {
+    tensors: HashMap<&'g str, &'g TensorProto>,
 }
 
-impl Constants {
-    fn of(graph: &GraphProto) -> Self {
-        let mut values: HashMap<String, (Vec<i64>, Vec<f32>)> = graph
+impl<'g> Constants<'g> {
+    fn of(graph: &'g GraphProto) -> Self {
+        let mut tensors: HashMap<&str, &TensorProto> = graph
             .initializer
             .iter()
             .filter(|t| t.data_type == data_type::FLOAT)
-            .filter_map(|t| Some((t.name.clone(), (t.dims.clone(), float_values(t)?))))
+            .map(|t| (t.name.as_str(), t))
             .collect();
         for node in &graph.node {
             let Some(output) = node.output.first() else {
                 continue;
             };
-            let value = match node.op_type.as_str() {
-                "Identity" => node.input.first().and_then(|i| values.get(i).cloned()),
+            let tensor = match node.op_type.as_str() {
+                "Identity" => node
+                    .input
+                    .first()
+                    .and_then(|i| tensors.get(i.as_str()).copied()),
                 "Constant" => attribute(node, "value")
                     .and_then(|a| a.t.as_ref())
-                    .filter(|t| t.data_type == data_type::FLOAT)
-                    .and_then(|t| Some((t.dims.clone(), float_values(t)?))),
+                    .filter(|t| t.data_type == data_type::FLOAT),
                 _ => None,
             };
-            if let Some(value) = value {
-                values.insert(output.clone(), value);
+            if let Some(tensor) = tensor {
+                tensors.insert(output.as_str(), tensor);
             }
         }
-        Self { values }
+        Self { tensors }
     }
 
     fn dims(&self, name: &str) -> Option<Vec<i64>> {
-        self.values.get(name).map(|(dims, _)| dims.clone())
+        self.tensors.get(name).map(|t| t.dims.clone())
     }
 
-    fn values(&self, name: &str) -> Option<&[f32]> {
-        self.values.get(name).map(|(_, v)| v.as_slice())
+    fn values(&self, name: &str) -> Option<Vec<f32>> {
+        float_values(self.tensors.get(name)?)
     }
 
     /// A constant that broadcasts over channels-last maps of `channels` channels: a single
     /// value (`Scalar`) or one per channel along the last axis (`PerChannel`).
     fn per_channel(&self, name: &str, channels: i64) -> Option<Broadcast> {
-        let (dims, values) = self.values.get(name)?;
-        if values.len() == 1 && dims.len() <= 4 {
+        let dims = &self.tensors.get(name)?.dims;
+        if dims.len() > 4 {
+            return None;
+        }
+        if dims.iter().product::<i64>() == 1 {
             return Some(Broadcast::Scalar);
         }
         let (last, leading) = dims.split_last()?;
-        (*last == channels && dims.len() <= 4 && leading.iter().all(|&d| d == 1))
-            .then_some(Broadcast::PerChannel)
+        (*last == channels && leading.iter().all(|&d| d == 1)).then_some(Broadcast::PerChannel)
     }
 }
 
@@ -293,7 +301,7 @@ impl Plan {
                     for input in &mut node.input {
                         if let Some(Broadcast::PerChannel) = constants.per_channel(input, channels)
                         {
-                            let values = constants.values(input).unwrap_or_default().to_vec();
+                            let values = constants.values(input).unwrap_or_default();
                             let name = format!("{input}_channels_first_{at}");
                             self.initializers
                                 .push(float_tensor(&name, &[channels, 1, 1], values));
@@ -383,7 +391,7 @@ fn bias_of(
     };
     let cout = *constants.dims(&matmul.input[1])?.get(1)?;
     match constants.per_channel(other, cout)? {
-        Broadcast::PerChannel => Some((other.clone(), constants.values(other)?.to_vec())),
+        Broadcast::PerChannel => Some((other.clone(), constants.values(other)?)),
         Broadcast::Scalar => Some((
             other.clone(),
             vec![*constants.values(other)?.first()?; cout as usize],
