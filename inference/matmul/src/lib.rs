@@ -258,13 +258,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_few_rows_match_the_textbook_product_and_accumulate() {
-        for (m, k, n) in [(1, 576, 1024), (1, 7, 5), (3, 40, 100), (FEW_ROWS, 9, 64)] {
+    /// `product` against the textbook product on each of `shapes`, on each of `threads`,
+    /// writing over NaN and adding to 2.0; inputs from seeds `seed` and `seed + 1`.
+    fn check_writes_and_accumulates(
+        shapes: &[(usize, usize, usize)],
+        threads: &[usize],
+        seed: u32,
+        product: impl Fn(&mut [f32], &[f32], &[f32], Shape, Accumulate, usize),
+    ) {
+        for &(m, k, n) in shapes {
             let shape = Shape { m, k, n };
-            let (lhs, rhs) = (values(m * k, 5), values(k * n, 6));
+            let (lhs, rhs) = (values(m * k, seed), values(k * n, seed + 1));
             let expected = naive(&lhs, &rhs, shape);
-            for threads in [1, 2, 3] {
+            for &threads in threads {
                 for accumulate in [Accumulate::No, Accumulate::Yes] {
                     let start = if accumulate == Accumulate::Yes {
                         2.0
@@ -272,7 +278,7 @@ mod tests {
                         f32::NAN
                     };
                     let mut dst = vec![start; m * n];
-                    matmul(&mut dst, &lhs, &rhs, shape, accumulate, threads);
+                    product(&mut dst, &lhs, &rhs, shape, accumulate, threads);
                     let offset = if accumulate == Accumulate::Yes {
                         2.0
                     } else {
@@ -291,35 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn a_few_rows_match_the_textbook_product_and_accumulate() {
+        check_writes_and_accumulates(
+            &[(1, 576, 1024), (1, 7, 5), (3, 40, 100), (FEW_ROWS, 9, 64)],
+            &[1, 2, 3],
+            5,
+            matmul,
+        );
+    }
+
+    #[test]
     fn short_inner_dimensions_match_the_textbook_product_and_accumulate() {
-        for (m, k, n) in [(49, 96, 576), (13, 16, 72), (7, 3, 5), (30, 256, 17)] {
-            let shape = Shape { m, k, n };
-            let (lhs, rhs) = (values(m * k, 7), values(k * n, 8));
-            let expected = naive(&lhs, &rhs, shape);
-            for threads in [1, 2] {
-                for accumulate in [Accumulate::No, Accumulate::Yes] {
-                    let start = if accumulate == Accumulate::Yes {
-                        2.0
-                    } else {
-                        f32::NAN
-                    };
-                    let mut dst = vec![start; m * n];
-                    small::product(&mut dst, &lhs, &rhs, shape, accumulate, threads);
-                    let offset = if accumulate == Accumulate::Yes {
-                        2.0
-                    } else {
-                        0.0
-                    };
-                    for (got, want) in dst.iter().zip(&expected) {
-                        let want = want + offset;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{shape:?} {accumulate:?} threads {threads}: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
+        check_writes_and_accumulates(
+            &[(49, 96, 576), (13, 16, 72), (7, 3, 5), (30, 256, 17)],
+            &[1, 2],
+            7,
+            small::product,
+        );
     }
 
     /// Times both paths on the 1×1 convolutions of MobileNetV3 and EfficientNet:

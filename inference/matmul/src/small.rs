@@ -118,8 +118,9 @@ fn block<const R: usize, const C: usize>(
     }
 }
 
-/// `a · b + c`, fused where the build targets FMA (see the inference crate's direct
-/// convolutions).
+/// `a · b + c`: one fused instruction where the build targets FMA (x86-64-v3), two
+/// otherwise (`mul_add` without hardware FMA is a slow library call). Also what the inference
+/// crate's direct convolutions sum with.
 #[inline(always)]
 pub fn multiply_add(a: f32, b: f32, c: f32) -> f32 {
     #[cfg(target_feature = "fma")]

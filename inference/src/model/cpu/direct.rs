@@ -10,7 +10,7 @@
 //! pixels' sums are independent, so the additions overlap instead of waiting on each other
 //! (one pixel at a time, each sum is a chain of 9 to 25 dependent additions).
 
-use matmul::Accumulate;
+use matmul::{Accumulate, multiply_add};
 use rayon::prelude::*;
 
 use std::cell::Cell;
@@ -329,19 +329,5 @@ impl Span<'_> {
     #[inline(always)]
     fn column(&self, p: usize, kx: usize) -> usize {
         self.start + p * self.stride + kx * self.dilation
-    }
-}
-
-/// `a · b + c`: one fused instruction where the target has FMA (a build for x86-64-v3), two
-/// otherwise (`mul_add` without hardware FMA is a slow library call).
-#[inline(always)]
-fn multiply_add(a: f32, b: f32, c: f32) -> f32 {
-    #[cfg(target_feature = "fma")]
-    {
-        a.mul_add(b, c)
-    }
-    #[cfg(not(target_feature = "fma"))]
-    {
-        a * b + c
     }
 }

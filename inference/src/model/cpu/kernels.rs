@@ -211,9 +211,9 @@ pub fn finish_rows(block: &mut [f32], bias: &[f32], activation: Option<Activatio
         Some(Activation::HardSigmoid { alpha, beta }) => rows(block, bias, |v| {
             Activation::HardSigmoid { alpha, beta }.apply(v)
         }),
-        Some(Activation::Scale { factor, offset }) => {
-            rows(block, bias, |v| factor * v + offset);
-        }
+        Some(Activation::Scale { factor, offset }) => rows(block, bias, |v| {
+            Activation::Scale { factor, offset }.apply(v)
+        }),
         Some(Activation::Erf) => rows(block, bias, |v| Activation::Erf.apply(v)),
         Some(Activation::Gelu) => rows(block, bias, |v| Activation::Gelu.apply(v)),
     }

@@ -105,11 +105,7 @@ pub(super) fn join_channel_norms(steps: Vec<Step>, slots: usize, graph_output: u
     const TO_LAST: [usize; 4] = [0, 2, 3, 1];
     const TO_FIRST: [usize; 4] = [0, 3, 1, 2];
     let uses = readers(&steps, slots, graph_output);
-    // For each slot, the step that writes it.
-    let mut writer: Vec<Option<usize>> = vec![None; slots];
-    for (at, step) in steps.iter().enumerate() {
-        writer[step.output] = Some(at);
-    }
+    let writer = writers(&steps, slots);
     let permute_of = |slot: usize, perm: [usize; 4], steps: &[Step]| {
         let at = writer[slot]?;
         match (&steps[at].op, steps[at].inputs.as_slice()) {
@@ -153,9 +149,7 @@ pub(super) fn join_channel_norms(steps: Vec<Step>, slots: usize, graph_output: u
         norm.inputs = vec![x];
         norm.output = output;
     }
-    let mut kept = dropped.iter();
-    steps.retain(|_| !kept.next().copied().unwrap_or(false));
-    steps
+    without(steps, &dropped)
 }
 
 /// GELU as exporters write it, `(x · (1 + erf(x · 1/√2))) · ½` (five steps once `import`
@@ -164,10 +158,7 @@ pub(super) fn join_channel_norms(steps: Vec<Step>, slots: usize, graph_output: u
 /// into the convolution before it by the native engine.
 pub(super) fn join_gelu(steps: Vec<Step>, slots: usize, graph_output: usize) -> Vec<Step> {
     let uses = readers(&steps, slots, graph_output);
-    let mut writer: Vec<Option<usize>> = vec![None; slots];
-    for (at, step) in steps.iter().enumerate() {
-        writer[step.output] = Some(at);
-    }
+    let writer = writers(&steps, slots);
     // The step writing `slot` if it is `activation` of one input read nowhere else.
     let single = |slot: usize, activation: &dyn Fn(Activation) -> bool| {
         let at = writer[slot]?;
@@ -219,6 +210,20 @@ pub(super) fn join_gelu(steps: Vec<Step>, slots: usize, graph_output: usize) -> 
         steps[at].op = Op::Activation(Activation::Gelu);
         steps[at].inputs = vec![x];
     }
+    without(steps, &dropped)
+}
+
+/// For each slot, the index of the step that writes it.
+fn writers(steps: &[Step], slots: usize) -> Vec<Option<usize>> {
+    let mut writer = vec![None; slots];
+    for (at, step) in steps.iter().enumerate() {
+        writer[step.output] = Some(at);
+    }
+    writer
+}
+
+/// `steps` less those whose entry in `dropped` (one per step, in order) is true.
+fn without(mut steps: Vec<Step>, dropped: &[bool]) -> Vec<Step> {
     let mut kept = dropped.iter();
     steps.retain(|_| !kept.next().copied().unwrap_or(false));
     steps

@@ -54,7 +54,7 @@ pub(super) fn rewrite(graph: &mut GraphProto, shapes: &Shapes) -> usize {
     let count = islands.len();
     let mut plan = Plan::default();
     for island in islands {
-        plan.add(graph, island, &constants, shapes);
+        plan.add(graph, island, &readers, &constants, shapes);
     }
     plan.apply(graph);
     count
@@ -253,7 +253,14 @@ struct Plan {
 }
 
 impl Plan {
-    fn add(&mut self, graph: &GraphProto, island: Island, constants: &Constants, shapes: &Shapes) {
+    fn add(
+        &mut self,
+        graph: &GraphProto,
+        island: Island,
+        readers: &HashMap<String, Vec<usize>>,
+        constants: &Constants,
+        shapes: &Shapes,
+    ) {
         let entry = &graph.node[island.entry];
         self.dropped.insert(island.entry);
         self.renamed
@@ -264,7 +271,6 @@ impl Plan {
             self.renamed
                 .insert(node.output[0].clone(), node.input[0].clone());
         }
-        let readers = super::patterns::readers(graph);
         for &at in &island.inside {
             let node = &graph.node[at];
             match node.op_type.as_str() {
