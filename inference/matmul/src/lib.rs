@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 mod small;
 
-pub use small::multiply_add;
+pub use small::{multiply_add, prefetch};
 
 /// Shapes of `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, all row-major and contiguous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

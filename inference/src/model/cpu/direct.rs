@@ -5,21 +5,86 @@
 //! These do too little work per weight for a matrix product to pay: a depthwise 5×5 has 25
 //! multiply-adds per output value, a 3-channel 3×3 stem 27, and gathering patch rows for them
 //! costs about as much as the product. Here [`PIXELS`] adjacent output pixels are computed
-//! together, their channels in blocks of [`BLOCK`]: the sums stay in registers while every
-//! tap of the window is added in, each weight is loaded once for all the pixels, and the
-//! pixels' sums are independent, so the additions overlap instead of waiting on each other
-//! (one pixel at a time, each sum is a chain of 9 to 25 dependent additions).
+//! together, their channels in blocks of 16 (two AVX registers each, eight sums in all): the
+//! sums stay in registers while every tap of the window is added in, each weight is loaded
+//! once for all the pixels, and the sums are independent, so the additions overlap instead of
+//! waiting on each other (one pixel and 8 channels at a time, each sum is a chain of 9 to 25
+//! dependent additions: the depthwise layers of MobileNetV2 ran 1.5–2.4× slower that way,
+//! docs/PERFORMANCE.md).
 
 use matmul::{Accumulate, multiply_add};
 use rayon::prelude::*;
+use wide::f32x8;
 
 use std::cell::Cell;
 
 use super::kernels::{Map, Window, grow};
 
-/// Output channels summed together: two AVX (four SSE) registers of accumulators, with
-/// narrower blocks for the remainder.
-const BLOCK: usize = 16;
+/// A block of channels summed together by the depthwise loops: eight in an AVX register,
+/// or one (the channels left over).
+///
+/// Written as explicit vectors (`wide`'s `f32x8`, one AVX instruction per operation) rather
+/// than arrays for the compiler to vectorise: for arrays of eight it mixed lanes of
+/// different pixels and shuffled them back, a third of the kernel's instructions.
+trait Lanes: Copy {
+    const N: usize;
+    fn zero() -> Self;
+    /// `value` in every lane.
+    fn splat(value: f32) -> Self;
+    /// The first `N` values of `values`.
+    fn load(values: &[f32]) -> Self;
+    fn store(self, values: &mut [f32]);
+    /// `self · k + acc`.
+    fn mul_add(self, k: Self, acc: Self) -> Self;
+}
+
+impl Lanes for f32x8 {
+    const N: usize = 8;
+    #[inline(always)]
+    fn zero() -> Self {
+        f32x8::ZERO
+    }
+    #[inline(always)]
+    fn splat(value: f32) -> Self {
+        f32x8::splat(value)
+    }
+    #[inline(always)]
+    fn load(values: &[f32]) -> Self {
+        f32x8::new(*values.first_chunk().expect("eight values"))
+    }
+    #[inline(always)]
+    fn store(self, values: &mut [f32]) {
+        *values.first_chunk_mut().expect("room for eight") = self.to_array();
+    }
+    #[inline(always)]
+    fn mul_add(self, k: Self, acc: Self) -> Self {
+        f32x8::mul_add(self, k, acc)
+    }
+}
+
+impl Lanes for f32 {
+    const N: usize = 1;
+    #[inline(always)]
+    fn zero() -> Self {
+        0.0
+    }
+    #[inline(always)]
+    fn splat(value: f32) -> Self {
+        value
+    }
+    #[inline(always)]
+    fn load(values: &[f32]) -> Self {
+        values[0]
+    }
+    #[inline(always)]
+    fn store(self, values: &mut [f32]) {
+        values[0] = self;
+    }
+    #[inline(always)]
+    fn mul_add(self, k: Self, acc: Self) -> Self {
+        multiply_add(self, k, acc)
+    }
+}
 
 /// A convolution's weights as the direct loops read them: `[tap][group][cin per group][cout
 /// per group]`, so that a tap's weights for a block of output channels are contiguous.
@@ -58,10 +123,11 @@ impl Direct {
     /// gets each finished line (bias and activation while it is in cache). With
     /// `Accumulate::Yes`, `data` holds the shortcut the sums start from.
     ///
-    /// Output pixels go in groups of [`PIXELS`]. A group whose windows lie inside the input
-    /// reads the input lines where they are; a group at an edge first copies the columns it
-    /// reads into a scratch buffer with the padding written out as zeros (kernel rows on
-    /// padding are skipped), so that the same loop computes it.
+    /// Output pixels go in groups of [`PIXELS`]; kernel rows on the padding are left out. A
+    /// group whose windows lie inside the input reads the input lines where they are. At an
+    /// edge, a depthwise group skips the taps on the padding; a grouped one first copies the
+    /// columns it reads into a scratch buffer with the padding written out as zeros, so that
+    /// the same loop computes it.
     pub fn run(
         &self,
         x: &Map,
@@ -71,107 +137,171 @@ impl Direct {
         accumulate: Accumulate,
         finish: impl Fn(&mut [f32]) + Sync,
     ) {
-        let cout = self.groups * self.cog;
         let layout = Layout::new(window, x, w);
         let from_output = accumulate == Accumulate::Yes;
-        data.par_chunks_mut(w * cout)
+        let depthwise = self.cig == 1 && self.cog == 1;
+        data.par_chunks_mut(w * self.groups * self.cog)
             .enumerate()
             .for_each(|(line, out_line)| {
                 let (image, oy) = (line / h, line % h);
                 let rows = layout.rows(window, x, image, oy);
-                let mut buffer = LINES.take();
-                for ox in (0..w).step_by(PIXELS) {
-                    let edge;
-                    let span = if layout.inside(ox) {
-                        layout.span(&rows, ox * layout.stride - layout.before)
-                    } else {
-                        edge = layout.copy_edge(&rows, ox, &mut buffer);
-                        layout.span(&edge, 0)
-                    };
-                    if ox + PIXELS <= w {
-                        let out = &mut out_line[ox * cout..(ox + PIXELS) * cout];
-                        self.pixels(out, &span, from_output);
-                    } else {
-                        // The last pixels, computed as a full group in scratch and copied out.
-                        let mut tail = vec![0.0; PIXELS * cout];
-                        let last = &mut out_line[ox * cout..];
-                        tail[..last.len()].copy_from_slice(last);
-                        self.pixels(&mut tail, &span, from_output);
-                        last.copy_from_slice(&tail[..last.len()]);
-                    }
+                if depthwise {
+                    self.depthwise_line(&layout, &rows, out_line, from_output);
+                } else {
+                    self.grouped_line(&layout, &rows, out_line, from_output);
                 }
-                LINES.set(buffer);
                 finish(out_line);
             });
+    }
+
+    /// One output line of a grouped (or dense) convolution, [`PIXELS`] at a time.
+    fn grouped_line(&self, layout: &Layout, rows: &Rows, out_line: &mut [f32], from_output: bool) {
+        let cout = self.groups * self.cog;
+        let w = out_line.len() / cout;
+        let mut buffer = LINES.take();
+        for ox in (0..w).step_by(PIXELS) {
+            let edge;
+            let span = if layout.inside(ox) {
+                layout.span(rows, ox * layout.stride - layout.before)
+            } else {
+                edge = layout.copy_edge(rows, ox, &mut buffer);
+                layout.span(&edge, 0)
+            };
+            if ox + PIXELS <= w {
+                let out = &mut out_line[ox * cout..(ox + PIXELS) * cout];
+                self.pixels(out, &span, from_output);
+            } else {
+                // The last pixels, computed as a full group in scratch and copied out.
+                let mut tail = vec![0.0; PIXELS * cout];
+                let last = &mut out_line[ox * cout..];
+                tail[..last.len()].copy_from_slice(last);
+                self.pixels(&mut tail, &span, from_output);
+                last.copy_from_slice(&tail[..last.len()]);
+            }
+        }
+        LINES.set(buffer);
+    }
+
+    /// One output line of a depthwise convolution, 16 channels at a time along the whole
+    /// line (then 8, then one at a time), [`PIXELS`] pixels at a time: eight independent
+    /// sums in registers, and each input line read front to back, a whole cache line per
+    /// pixel.
+    fn depthwise_line(&self, layout: &Layout, rows: &Rows, out: &mut [f32], from_output: bool) {
+        let c = layout.c;
+        let w = out.len() / c;
+        for ox in (0..w).step_by(PIXELS) {
+            let count = PIXELS.min(w - ox);
+            let edge = count < PIXELS || !layout.inside(ox);
+            let mut at = 0;
+            while at < c {
+                let pixels = Pixels { ox, at, count };
+                let args = (layout, rows, &mut *out, pixels, from_output);
+                at += match c - at {
+                    16.. => self.depthwise_block::<f32x8, 2>(args, edge),
+                    8.. => self.depthwise_block::<f32x8, 1>(args, edge),
+                    _ => self.depthwise_block::<f32, 1>(args, edge),
+                };
+            }
+        }
+    }
+
+    /// [`Self::depthwise_pixels`] with or without the checks for the edges.
+    #[inline(always)]
+    fn depthwise_block<V: Lanes, const B: usize>(
+        &self,
+        (layout, rows, out, pixels, from_output): (&Layout, &Rows, &mut [f32], Pixels, bool),
+        edge: bool,
+    ) -> usize {
+        if edge {
+            self.depthwise_pixels::<V, B, true>(layout, rows, out, pixels, from_output)
+        } else {
+            self.depthwise_pixels::<V, B, false>(layout, rows, out, pixels, from_output)
+        }
+    }
+
+    /// `B` blocks of channels of up to [`PIXELS`] adjacent output pixels: their sums are
+    /// independent, so the additions overlap instead of waiting on each other, and each
+    /// weight is loaded once for all of them. With `EDGE`, taps on the padding (or past the
+    /// line, for pixels beyond `count`) are skipped; without, every window lies inside.
+    #[inline(always)]
+    fn depthwise_pixels<V: Lanes, const B: usize, const EDGE: bool>(
+        &self,
+        layout: &Layout,
+        rows: &Rows,
+        out: &mut [f32],
+        Pixels { ox, at, count }: Pixels,
+        from_output: bool,
+    ) -> usize {
+        let (c, kw) = (layout.c, layout.kw);
+        let width = layout.line / c;
+        let out = &mut out[ox * c + at..];
+        let mut acc = [[V::zero(); B]; PIXELS];
+        if from_output {
+            for (p, acc) in acc.iter_mut().enumerate().take(count) {
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    *acc = V::load(&out[p * c + b * V::N..]);
+                }
+            }
+        }
+        // Input column of pixel `p`'s tap `kx`, plus `before` (never negative).
+        let column = |p: usize, kx: usize| (ox + p) * layout.stride + kx * layout.dilation;
+        if !EDGE {
+            // The columns that the group [`PREFETCH_GROUPS`] ahead reads first, these
+            // channels: maps of early layers at batch 8 are tens of megabytes, and the
+            // hardware's own prefetching kept the loads waiting (25 % faster on MobileNetV2's
+            // 56×56 and 112×112 layers with this).
+            let ahead = column(PIXELS * PREFETCH_GROUPS, 0) - layout.before;
+            for &(_, line) in rows {
+                for i in (0..PIXELS * layout.stride).filter(|&i| ahead + i < width) {
+                    for b in (0..B * V::N).step_by(CACHE_LINE) {
+                        matmul::prefetch(&line[(ahead + i) * c + at + b..]);
+                    }
+                }
+            }
+        }
+        for &(ky, line) in rows {
+            for kx in 0..kw {
+                let tap = &self.weight[(ky * kw + kx) * c + at..];
+                let k: [V; B] = std::array::from_fn(|b| V::load(&tap[b * V::N..]));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let ix = column(p, kx).wrapping_sub(layout.before);
+                    if EDGE && ix >= width {
+                        continue;
+                    }
+                    let x = &line[ix * c + at..];
+                    for (b, acc) in acc.iter_mut().enumerate() {
+                        *acc = V::load(&x[b * V::N..]).mul_add(k[b], *acc);
+                    }
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate().take(count) {
+            for (b, acc) in acc.iter().enumerate() {
+                acc.store(&mut out[p * c + b * V::N..]);
+            }
+        }
+        B * V::N
     }
 
     /// [`PIXELS`] adjacent output pixels.
     #[inline(always)]
     fn pixels(&self, out: &mut [f32], span: &Span, from_output: bool) {
-        let cout = out.len() / PIXELS;
-        let mut at = 0;
-        if self.cig == 1 && self.cog == 1 {
-            while at < cout {
-                at += match cout - at {
-                    BLOCK.. => self.depthwise_span::<BLOCK>(out, at, span, from_output),
-                    4.. => self.depthwise_span::<4>(out, at, span, from_output),
-                    _ => self.depthwise_span::<1>(out, at, span, from_output),
-                };
-            }
-            return;
-        }
         for g in 0..self.groups {
-            at = 0;
+            let mut at = 0;
             while at < self.cog {
                 at += match self.cog - at {
-                    BLOCK.. => self.grouped_span::<BLOCK>(out, g, at, span, from_output),
-                    8.. => self.grouped_span::<8>(out, g, at, span, from_output),
-                    4.. => self.grouped_span::<4>(out, g, at, span, from_output),
-                    _ => self.grouped_span::<1>(out, g, at, span, from_output),
+                    16.. => self.grouped_span::<f32x8, 2>(out, g, at, span, from_output),
+                    8.. => self.grouped_span::<f32x8, 1>(out, g, at, span, from_output),
+                    _ => self.grouped_span::<f32, 1>(out, g, at, span, from_output),
                 };
             }
         }
     }
 
-    /// Depthwise, channels `at..at + N` of [`PIXELS`] output pixels: their sums are
-    /// independent, so the additions overlap instead of waiting on each other, and each
-    /// weight is loaded once for all of them. Returns `N`.
+    /// Grouped, `B` blocks of output channels from `at` on of group `g` for [`PIXELS`]
+    /// output pixels (see [`Self::depthwise_pixels`]). Returns how many channels.
     #[inline(always)]
-    fn depthwise_span<const N: usize>(
-        &self,
-        out: &mut [f32],
-        at: usize,
-        span: &Span,
-        from_output: bool,
-    ) -> usize {
-        let c = out.len() / PIXELS;
-        let mut acc = [[0.0f32; N]; PIXELS];
-        if from_output {
-            for (p, acc) in acc.iter_mut().enumerate() {
-                acc.copy_from_slice(&out[p * c + at..][..N]);
-            }
-        }
-        for &(ky, line) in span.rows {
-            for kx in 0..span.kw {
-                let k = &self.weight[(ky * span.kw + kx) * c + at..][..N];
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let x = &line[span.column(p, kx) * c + at..][..N];
-                    for i in 0..N {
-                        acc[i] = multiply_add(x[i], k[i], acc[i]);
-                    }
-                }
-            }
-        }
-        for (p, acc) in acc.iter().enumerate() {
-            out[p * c + at..][..N].copy_from_slice(acc);
-        }
-        N
-    }
-
-    /// Grouped, output channels `at..at + N` of group `g` for [`PIXELS`] output pixels (see
-    /// [`Self::depthwise_span`]). Returns `N`.
-    #[inline(always)]
-    fn grouped_span<const N: usize>(
+    fn grouped_span<V: Lanes, const B: usize>(
         &self,
         out: &mut [f32],
         g: usize,
@@ -181,10 +311,13 @@ impl Direct {
     ) -> usize {
         let (cig, cog) = (self.cig, self.cog);
         let (cin, cout) = (cig * self.groups, cog * self.groups);
-        let mut acc = [[0.0f32; N]; PIXELS];
+        let out = &mut out[g * cog + at..];
+        let mut acc = [[V::zero(); B]; PIXELS];
         if from_output {
             for (p, acc) in acc.iter_mut().enumerate() {
-                acc.copy_from_slice(&out[p * cout + g * cog + at..][..N]);
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    *acc = V::load(&out[p * cout + b * V::N..]);
+                }
             }
         }
         for &(ky, line) in span.rows {
@@ -194,26 +327,42 @@ impl Direct {
                 let inputs: [&[f32]; PIXELS] =
                     std::array::from_fn(|p| &line[span.column(p, kx) * cin + g * cig..][..cig]);
                 for (ci, row) in weights.chunks_exact(cog).enumerate() {
-                    let k = &row[at..at + N];
+                    let k: [V; B] = std::array::from_fn(|b| V::load(&row[at + b * V::N..]));
                     for (acc, input) in acc.iter_mut().zip(&inputs) {
-                        let v = input[ci];
-                        for i in 0..N {
-                            acc[i] = multiply_add(v, k[i], acc[i]);
+                        let v = V::splat(input[ci]);
+                        for (acc, k) in acc.iter_mut().zip(k) {
+                            *acc = v.mul_add(k, *acc);
                         }
                     }
                 }
             }
         }
         for (p, acc) in acc.iter().enumerate() {
-            out[p * cout + g * cog + at..][..N].copy_from_slice(acc);
+            for (b, acc) in acc.iter().enumerate() {
+                acc.store(&mut out[p * cout + b * V::N..]);
+            }
         }
-        N
+        B * V::N
     }
 }
+
+/// How many pixel groups ahead a depthwise line asks for its input.
+const PREFETCH_GROUPS: usize = 3;
+
+/// Values per cache line.
+const CACHE_LINE: usize = 64 / size_of::<f32>();
 
 thread_local! {
     /// Each thread's padded copies of the input lines its current output line reads.
     static LINES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Up to [`PIXELS`] adjacent output pixels from column `ox` on, channels from `at` on.
+#[derive(Clone, Copy)]
+struct Pixels {
+    ox: usize,
+    at: usize,
+    count: usize,
 }
 
 /// How the pixel groups of an output line read the input.
