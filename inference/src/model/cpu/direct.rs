@@ -12,79 +12,14 @@
 //! dependent additions: the depthwise layers of MobileNetV2 ran 1.5–2.4× slower that way,
 //! docs/PERFORMANCE.md).
 
-use matmul::{Accumulate, multiply_add};
+use matmul::Accumulate;
 use rayon::prelude::*;
 use wide::f32x8;
 
 use std::cell::Cell;
 
 use super::kernels::{Map, Window, grow};
-
-/// A block of channels summed together by the depthwise loops: eight in an AVX register,
-/// or one (the channels left over).
-///
-/// Written as explicit vectors (`wide`'s `f32x8`, one AVX instruction per operation) rather
-/// than arrays for the compiler to vectorise: for arrays of eight it mixed lanes of
-/// different pixels and shuffled them back, a third of the kernel's instructions.
-trait Lanes: Copy {
-    const N: usize;
-    fn zero() -> Self;
-    /// `value` in every lane.
-    fn splat(value: f32) -> Self;
-    /// The first `N` values of `values`.
-    fn load(values: &[f32]) -> Self;
-    fn store(self, values: &mut [f32]);
-    /// `self · k + acc`.
-    fn mul_add(self, k: Self, acc: Self) -> Self;
-}
-
-impl Lanes for f32x8 {
-    const N: usize = 8;
-    #[inline(always)]
-    fn zero() -> Self {
-        f32x8::ZERO
-    }
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        f32x8::splat(value)
-    }
-    #[inline(always)]
-    fn load(values: &[f32]) -> Self {
-        f32x8::new(*values.first_chunk().expect("eight values"))
-    }
-    #[inline(always)]
-    fn store(self, values: &mut [f32]) {
-        *values.first_chunk_mut().expect("room for eight") = self.to_array();
-    }
-    #[inline(always)]
-    fn mul_add(self, k: Self, acc: Self) -> Self {
-        f32x8::mul_add(self, k, acc)
-    }
-}
-
-impl Lanes for f32 {
-    const N: usize = 1;
-    #[inline(always)]
-    fn zero() -> Self {
-        0.0
-    }
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        value
-    }
-    #[inline(always)]
-    fn load(values: &[f32]) -> Self {
-        values[0]
-    }
-    #[inline(always)]
-    fn store(self, values: &mut [f32]) {
-        values[0] = self;
-    }
-    #[inline(always)]
-    fn mul_add(self, k: Self, acc: Self) -> Self {
-        multiply_add(self, k, acc)
-    }
-}
+use super::lanes::Lanes;
 
 /// A convolution's weights as the direct loops read them: `[tap][group][cin per group][cout
 /// per group]`, so that a tap's weights for a block of output channels are contiguous.

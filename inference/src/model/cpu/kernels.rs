@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::buffers::{Buffer, spare};
 use super::direct::Direct;
+use super::lanes::{self, f32x8};
 use super::winograd::{Finish, Winograd};
 use crate::model::graph::Activation;
 
@@ -201,13 +202,39 @@ pub fn finish_rows(block: &mut [f32], bias: &[f32], activation: Option<Activatio
             }
         }
     }
+    /// Eight values at a time through `f`, the rest of each row through `scalar`.
+    fn vector_rows(
+        block: &mut [f32],
+        bias: &[f32],
+        f: impl Fn(f32x8) -> f32x8,
+        scalar: impl Fn(f32) -> f32,
+    ) {
+        let (bias8, bias_rest) = bias.as_chunks::<8>();
+        for row in block.chunks_mut(bias.len()) {
+            let (row8, row_rest) = row.as_chunks_mut::<8>();
+            for (values, b) in row8.iter_mut().zip(bias8) {
+                *values = f(f32x8::new(*values) + f32x8::new(*b)).to_array();
+            }
+            for (value, b) in row_rest.iter_mut().zip(bias_rest) {
+                *value = scalar(*value + b);
+            }
+        }
+    }
     match activation {
         None => rows(block, bias, |v| v),
         Some(Activation::Relu) => rows(block, bias, |v| v.max(0.0)),
         Some(Activation::Clip { min, max }) => rows(block, bias, |v| v.clamp(min, max)),
         Some(Activation::HardSwish) => rows(block, bias, |v| Activation::HardSwish.apply(v)),
-        Some(Activation::Silu) => rows(block, bias, |v| Activation::Silu.apply(v)),
-        Some(Activation::Sigmoid) => rows(block, bias, |v| Activation::Sigmoid.apply(v)),
+        // The sigmoids written out as vectors (see `lanes`), the others vectorised by the
+        // compiler.
+        Some(Activation::Silu) => {
+            vector_rows(block, bias, lanes::silu, |v| Activation::Silu.apply(v));
+        }
+        Some(Activation::Sigmoid) => {
+            vector_rows(block, bias, lanes::sigmoid, |v| {
+                Activation::Sigmoid.apply(v)
+            });
+        }
         Some(Activation::HardSigmoid { alpha, beta }) => rows(block, bias, |v| {
             Activation::HardSigmoid { alpha, beta }.apply(v)
         }),

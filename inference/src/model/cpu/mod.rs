@@ -15,6 +15,7 @@
 mod buffers;
 mod direct;
 mod kernels;
+mod lanes;
 mod winograd;
 
 use std::sync::Arc;

@@ -41,7 +41,7 @@ use burn_ops::BurnGraph;
 use import::{Builder, Imported};
 pub use rewrite::Rewrites;
 pub(crate) use schedule::{Schedule, Wired, readers};
-pub(crate) use step::{Activation, Normalized, Op, Step};
+pub(crate) use step::{Activation, EXP_PARTS, Normalized, Op, Step};
 
 /// Why a model file could not be turned into a runnable network.
 #[derive(Debug, thiserror::Error)]

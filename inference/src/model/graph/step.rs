@@ -4,6 +4,7 @@ use burn::tensor::Tensor;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 use super::schedule::Wired;
+use matmul::multiply_add;
 
 /// One operation with its weights already on the device.
 #[derive(Debug)]
@@ -121,26 +122,55 @@ impl Activation {
 /// exact), and `eʳ`, `|r| ≤ ½ ln 2`, by its degree-6 Taylor polynomial.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    let parts = &EXP_PARTS;
     // Beyond these e^x is 0 or overflows; the bounds keep the exponent bits in range.
-    let x = x.clamp(-87.0, 88.0);
+    let x = x.clamp(parts.low, parts.high);
     // Adding 1.5·2²³ rounds to the nearest integer, which then lies in the low bits of the
     // sum: no libm call, no float-to-int conversion.
-    const ROUND: f32 = 12_582_912.0;
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let shifted = multiply_add(x, std::f32::consts::LOG2_E, parts.round);
+    let n = shifted - parts.round;
+    let r = multiply_add(-n, parts.ln2[1], multiply_add(-n, parts.ln2[0], x));
+    // Horner's rule in fused multiply-adds: half the instructions and half the latency of
+    // separate products and sums (Rust never fuses them by itself).
+    let p = (parts.taylor.iter().skip(1)).fold(parts.taylor[0], |p, &c| multiply_add(p, r, c));
     // 2ⁿ: the biased exponent n + 127 in the exponent field.
     let exponent = shifted
         .to_bits()
-        .wrapping_sub(ROUND.to_bits())
+        .wrapping_sub(parts.round.to_bits())
         .wrapping_add(127)
         << 23;
     p * f32::from_bits(exponent)
 }
+
+/// The constants of [`exp`], which the native engine's eight-lane form of it shares.
+#[derive(Debug)]
+pub(crate) struct ExpParts {
+    /// The input's bounds.
+    pub low: f32,
+    pub high: f32,
+    /// 1.5·2²³, which rounds a sum to an integer.
+    pub round: f32,
+    /// ln 2 in two parts whose sum is exact to 2⁻³⁶.
+    pub ln2: [f32; 2],
+    /// eʳ's Taylor coefficients, highest degree first.
+    pub taylor: [f32; 7],
+}
+
+pub(crate) const EXP_PARTS: ExpParts = ExpParts {
+    low: -87.0,
+    high: 88.0,
+    round: 12_582_912.0,
+    ln2: [0.693_145_75, 1.428_606_8e-6],
+    taylor: [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ],
+};
 
 /// `erf(x)` within 5e-7 absolute (1.5e-7 from the formula, the rest f32 rounding), as
 /// arithmetic the compiler can vectorise (Rust's standard library has no `erf` for `f32`):
