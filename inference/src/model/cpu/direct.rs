@@ -74,19 +74,55 @@ impl Direct {
     ) {
         let layout = Layout::new(window, x, w);
         let from_output = accumulate == Accumulate::Yes;
-        let depthwise = self.cig == 1 && self.cog == 1;
         data.par_chunks_mut(w * self.groups * self.cog)
             .enumerate()
-            .for_each(|(line, out_line)| {
-                let (image, oy) = (line / h, line % h);
-                let rows = layout.rows(window, x, image, oy);
-                if depthwise {
-                    self.depthwise_line(&layout, &rows, out_line, from_output);
-                } else {
-                    self.grouped_line(&layout, &rows, out_line, from_output);
-                }
-                finish(out_line);
+            .for_each(|(line, out)| {
+                self.line(&layout, window, x, (line, h), out, from_output, &finish)
             });
+    }
+
+    /// Output lines from `first` on (counted over the batch, of `(h, w)` maps), as many as
+    /// `data` holds, on the calling thread; `finish` as for [`Self::run`].
+    pub fn run_lines(
+        &self,
+        x: &Map,
+        window: &Window,
+        (h, w): (usize, usize),
+        first: usize,
+        data: &mut [f32],
+        finish: impl Fn(&mut [f32]),
+    ) {
+        let layout = Layout::new(window, x, w);
+        let lines = first..;
+        for (line, out) in lines.zip(data.chunks_mut(w * self.groups * self.cog)) {
+            self.line(&layout, window, x, (line, h), out, false, &finish);
+        }
+    }
+
+    /// Whether each output channel is its input channel convolved alone.
+    pub fn is_depthwise(&self) -> bool {
+        self.cig == 1 && self.cog == 1
+    }
+
+    /// Output line `line` (counted over the batch) of maps `h` lines high.
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &self,
+        layout: &Layout,
+        window: &Window,
+        x: &Map,
+        (line, h): (usize, usize),
+        out: &mut [f32],
+        from_output: bool,
+        finish: &impl Fn(&mut [f32]),
+    ) {
+        let rows = layout.rows(window, x, line / h, line % h);
+        if self.is_depthwise() {
+            self.depthwise_line(layout, &rows, out, from_output);
+        } else {
+            self.grouped_line(layout, &rows, out, from_output);
+        }
+        finish(out);
     }
 
     /// One output line of a grouped (or dense) convolution, [`PIXELS`] at a time.

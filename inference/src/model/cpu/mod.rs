@@ -43,6 +43,10 @@ struct Kernel {
 enum NativeOp {
     /// Inputs: the map, then (with a residual epilogue) the shortcut to add.
     Conv(Box<Conv>),
+    /// A depthwise convolution and the 1×1 convolution that alone reads its output, run
+    /// block by block ([`Conv::run_after`]). Inputs as for the second's `Conv`, with the
+    /// depthwise convolution's input first.
+    Chain(Box<[Conv; 2]>),
     Affine {
         scale: Vec<f32>,
         shift: Vec<f32>,
@@ -107,7 +111,7 @@ impl Plan {
             .iter()
             .map(|step| translate(step, &mut sizes))
             .collect::<Result<Vec<_>, _>>()?;
-        let kernels = fuse(kernels, slots, output_slot);
+        let kernels = chain(fuse(kernels, slots, output_slot), slots, output_slot);
         let schedule = Schedule::new(&kernels, input_slot, output_slot, slots);
         Ok(Self {
             steps: kernels,
@@ -180,6 +184,16 @@ impl Kernel {
                 let x = self.map(first)?;
                 let out = conv
                     .run(&x, residual.map(Arc::unwrap_or_clone))
+                    .map_err(|e| self.error(e))?;
+                release(x);
+                Value::Map(Arc::new(out))
+            }
+            NativeOp::Chain(convs) => {
+                let [depthwise, pointwise] = &**convs;
+                let residual = second.map(|v| self.map(v)).transpose()?;
+                let x = self.map(first)?;
+                let out = pointwise
+                    .run_after(depthwise, &x, residual.map(Arc::unwrap_or_clone))
                     .map_err(|e| self.error(e))?;
                 release(x);
                 Value::Map(Arc::new(out))
@@ -547,6 +561,49 @@ fn fuse(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> 
         }
     }
     fused
+}
+
+/// Joins each depthwise convolution with the 1×1 convolution right after it that alone
+/// reads its output (a MobileNetV2 block's projection), into one [`NativeOp::Chain`].
+fn chain(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> {
+    let readers = readers(&kernels, slots, graph_output);
+    let mut chained: Vec<Kernel> = Vec::with_capacity(kernels.len());
+    for kernel in kernels {
+        match (chained.pop(), kernel) {
+            (
+                Some(Kernel {
+                    name: first_name,
+                    op: NativeOp::Conv(depthwise),
+                    inputs: first_inputs,
+                    output: middle,
+                }),
+                Kernel {
+                    name,
+                    op: NativeOp::Conv(pointwise),
+                    inputs,
+                    output,
+                },
+            ) if inputs.first() == Some(&middle)
+                && readers[middle] == 1
+                && pointwise.can_follow(&depthwise) =>
+            {
+                chained.push(Kernel {
+                    name: format!("{first_name}+{name}"),
+                    op: NativeOp::Chain(Box::new([*depthwise, *pointwise])),
+                    inputs: first_inputs
+                        .into_iter()
+                        .chain(inputs[1..].to_vec())
+                        .collect(),
+                    output,
+                });
+            }
+            (previous, kernel) => {
+                chained.extend(previous);
+                chained.push(kernel);
+            }
+        }
+    }
+    chained
 }
 
 #[cfg(test)]

@@ -440,6 +440,130 @@ fn a_convolution_whose_output_is_read_twice_is_not_fused() {
     assert_eq!(fused[0].1, Some(Epilogue::default()));
 }
 
+fn depthwise(channels: usize, stride: usize) -> Conv {
+    let window = Window {
+        kernel: [3, 3],
+        stride: [stride; 2],
+        padding: [(1, 1); 2],
+        dilation: [1, 1],
+        ceil: false,
+    };
+    let weight = random(channels * 9, 7);
+    let bias = random(channels, 8);
+    let shape = [channels, 1, 3, 3];
+    let mut conv = Conv::new(
+        &weight,
+        shape,
+        channels,
+        Some(&bias),
+        window,
+        Algorithm::Patches,
+    );
+    conv.epilogue.activation = Some(Activation::Clip { min: 0.0, max: 6.0 });
+    conv
+}
+
+fn projection(cin: usize, cout: usize, residual: bool) -> Conv {
+    let weight = random(cout * cin, 9);
+    let bias = random(cout, 10);
+    let shape = [cout, cin, 1, 1];
+    let mut conv = Conv::new(
+        &weight,
+        shape,
+        1,
+        Some(&bias),
+        POINTWISE,
+        Algorithm::Patches,
+    );
+    conv.epilogue.residual = residual;
+    conv
+}
+
+#[test]
+fn a_depthwise_and_a_pointwise_convolution_chained_match_them_run_apart() {
+    // (input NCHW, depthwise stride, projected channels, shortcut, run block by block):
+    // maps large enough to go block by block on two threads, including a width that is no
+    // multiple of the pixel groups, and one too small to (it runs them apart).
+    let cases = [
+        ([4, 32, 48, 48], 1, 16, false, true),
+        ([4, 40, 45, 45], 1, 40, true, true),
+        ([4, 16, 130, 130], 2, 8, false, true),
+        ([1, 40, 7, 7], 1, 40, true, false),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a pool of two threads");
+    for (input, stride, cout, residual, blocks) in cases {
+        let (first, second) = (
+            depthwise(input[1], stride),
+            projection(input[1], cout, residual),
+        );
+        assert!(second.can_follow(&first));
+        let x = Map::from_nchw(&random(input.iter().product(), 11), input);
+        let middle = first.run(&x, None).expect("depthwise runs");
+        let lines =
+            super::kernels::chain_lines(middle.n * middle.h, middle.w * middle.c, middle.w, 2);
+        assert_eq!(lines.is_some(), blocks, "{input:?}: {lines:?}");
+        let shortcut = residual.then(|| {
+            let dims = [middle.n, cout, middle.h, middle.w];
+            Map::from_nchw(&random(dims.iter().product(), 12), dims)
+        });
+        let apart = second
+            .run(&middle, shortcut.clone())
+            .expect("pointwise runs");
+        stale_spares();
+        let chained = pool
+            .install(|| second.run_after(&first, &x, shortcut))
+            .expect("chained runs");
+        assert_close(
+            &chained,
+            &apart,
+            &format!("chained {input:?} stride {stride}"),
+        );
+    }
+}
+
+#[test]
+fn a_depthwise_output_read_only_by_a_pointwise_convolution_is_chained_to_it() {
+    // Eight channels: over four, a 1×1 convolution is a matrix product (fewer are computed
+    // directly, and chain to nothing).
+    let dw = || super::NativeOp::Conv(Box::new(depthwise(8, 1)));
+    let pw = |residual| super::NativeOp::Conv(Box::new(projection(8, 8, residual)));
+    // 0 → dw → 1 → pw → 2 (+ 0 as the shortcut), and 2 → dw → 3, read by pw and by a relu.
+    let kernels = vec![
+        kernel("dw1", dw(), &[0], 1),
+        kernel("pw1", pw(true), &[1, 0], 2),
+        kernel("dw2", dw(), &[2], 3),
+        kernel("pw2", pw(false), &[3], 4),
+        kernel(
+            "relu",
+            super::NativeOp::Activation(Activation::Relu),
+            &[3],
+            5,
+        ),
+    ];
+    let chained = super::chain(kernels, 6, 5);
+    let shapes: Vec<_> = (chained.iter())
+        .map(|k| {
+            (
+                k.name.as_str(),
+                matches!(k.op, super::NativeOp::Chain(_)),
+                k.inputs.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            ("dw1+pw1", true, vec![0, 0]),
+            ("dw2", false, vec![2]),
+            ("pw2", false, vec![3]),
+            ("relu", false, vec![3]),
+        ]
+    );
+}
+
 #[test]
 fn winograd_is_chosen_for_3x3_stride_1_on_maps_of_14x14_and_up() {
     let mut window = POINTWISE;

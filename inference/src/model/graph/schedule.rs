@@ -64,11 +64,13 @@ impl Schedule {
         let mut slots: Vec<Option<V>> = vec![None; self.slots];
         slots[self.input_slot] = Some(input);
         for (index, step) in steps.iter().enumerate() {
-            let args: Vec<V> = step
-                .inputs()
-                .iter()
-                .map(|&slot| {
-                    let value = if self.last_use[slot] == index {
+            let inputs = step.inputs();
+            let args: Vec<V> = (inputs.iter().enumerate())
+                .map(|(at, &slot)| {
+                    // A slot read twice by its last reader (a chained block's input, which is
+                    // also its shortcut) is moved out at its last mention.
+                    let last = self.last_use[slot] == index && !inputs[at + 1..].contains(&slot);
+                    let value = if last {
                         slots[slot].take()
                     } else {
                         slots[slot].clone()
