@@ -138,17 +138,10 @@ impl Direct {
                 edge = layout.copy_edge(rows, ox, &mut buffer);
                 layout.span(&edge, 0)
             };
-            if ox + PIXELS <= w {
-                let out = &mut out_line[ox * cout..(ox + PIXELS) * cout];
-                self.pixels(out, &span, from_output);
-            } else {
-                // The last pixels, computed as a full group in scratch and copied out.
-                let mut tail = vec![0.0; PIXELS * cout];
-                let last = &mut out_line[ox * cout..];
-                tail[..last.len()].copy_from_slice(last);
-                self.pixels(&mut tail, &span, from_output);
-                last.copy_from_slice(&tail[..last.len()]);
-            }
+            // The last group may have fewer pixels: its columns come from an edge copy,
+            // zeros past the line, and only its own pixels are stored.
+            let end = (ox + PIXELS).min(w);
+            self.pixels(&mut out_line[ox * cout..end * cout], &span, from_output);
         }
         LINES.set(buffer);
     }
@@ -254,7 +247,7 @@ impl Direct {
         B * V::N
     }
 
-    /// [`PIXELS`] adjacent output pixels.
+    /// Up to [`PIXELS`] adjacent output pixels, as many as `out` holds.
     #[inline(always)]
     fn pixels(&self, out: &mut [f32], span: &Span, from_output: bool) {
         for g in 0..self.groups {
@@ -269,8 +262,9 @@ impl Direct {
         }
     }
 
-    /// Grouped, `B` blocks of output channels from `at` on of group `g` for [`PIXELS`]
-    /// output pixels (see [`Self::depthwise_pixels`]). Returns how many channels.
+    /// Grouped, `B` blocks of output channels from `at` on of group `g` for up to
+    /// [`PIXELS`] output pixels, as many as `out` holds (the span reads [`PIXELS`]; see
+    /// [`Self::depthwise_pixels`]). Returns how many channels.
     #[inline(always)]
     fn grouped_span<V: Lanes, const B: usize>(
         &self,
@@ -282,10 +276,11 @@ impl Direct {
     ) -> usize {
         let (cig, cog) = (self.cig, self.cog);
         let (cin, cout) = (cig * self.groups, cog * self.groups);
+        let count = out.len() / cout;
         let out = &mut out[g * cog + at..];
         let mut acc = [[V::zero(); B]; PIXELS];
         if from_output {
-            for (p, acc) in acc.iter_mut().enumerate() {
+            for (p, acc) in acc.iter_mut().enumerate().take(count) {
                 for (b, acc) in acc.iter_mut().enumerate() {
                     *acc = V::load(&out[p * cout + b * V::N..]);
                 }
@@ -308,7 +303,7 @@ impl Direct {
                 }
             }
         }
-        for (p, acc) in acc.iter().enumerate() {
+        for (p, acc) in acc.iter().enumerate().take(count) {
             for (b, acc) in acc.iter().enumerate() {
                 acc.store(&mut out[p * cout + b * V::N..]);
             }
