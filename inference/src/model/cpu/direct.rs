@@ -146,10 +146,9 @@ impl Direct {
         LINES.set(buffer);
     }
 
-    /// One output line of a depthwise convolution, 16 channels at a time along the whole
-    /// line (then 8, then one at a time), [`PIXELS`] pixels at a time: eight independent
-    /// sums in registers, and each input line read front to back, a whole cache line per
-    /// pixel.
+    /// One output line of a depthwise convolution, [`PIXELS`] pixels at a time, each group's
+    /// channels 16 at a time (then 8, then one at a time): eight independent sums in
+    /// registers. Groups at the edges, or short at the line's end, check their taps.
     fn depthwise_line(&self, layout: &Layout, rows: &Rows, out: &mut [f32], from_output: bool) {
         let c = layout.c;
         let w = out.len() / c;

@@ -179,24 +179,10 @@ impl Kernel {
         let first = args.next().ok_or_else(|| self.error("no input"))?;
         let second = args.next();
         let value = match &self.op {
-            NativeOp::Conv(conv) => {
-                let residual = second.map(|v| self.map(v)).transpose()?;
-                let x = self.map(first)?;
-                let out = conv
-                    .run(&x, residual.map(Arc::unwrap_or_clone))
-                    .map_err(|e| self.error(e))?;
-                release(x);
-                Value::Map(Arc::new(out))
-            }
+            NativeOp::Conv(conv) => self.convolve(first, second, |x, r| conv.run(x, r))?,
             NativeOp::Chain(convs) => {
                 let [depthwise, pointwise] = &**convs;
-                let residual = second.map(|v| self.map(v)).transpose()?;
-                let x = self.map(first)?;
-                let out = pointwise
-                    .run_after(depthwise, &x, residual.map(Arc::unwrap_or_clone))
-                    .map_err(|e| self.error(e))?;
-                release(x);
-                Value::Map(Arc::new(out))
+                self.convolve(first, second, |x, r| pointwise.run_after(depthwise, x, r))?
             }
             NativeOp::Affine { scale, shift } => {
                 let mut x = Arc::unwrap_or_clone(self.map(first)?);
@@ -312,6 +298,21 @@ impl Kernel {
             }
             _ => Err(self.error("operands of different shapes")),
         }
+    }
+
+    /// `run` over the input map `first` and the optional shortcut `second`, the input's
+    /// buffer released afterwards if no other step holds it.
+    fn convolve(
+        &self,
+        first: Value,
+        second: Option<Value>,
+        run: impl FnOnce(&Map, Option<Map>) -> Result<Map, String>,
+    ) -> Result<Value, GraphError> {
+        let residual = second.map(|v| self.map(v)).transpose()?;
+        let x = self.map(first)?;
+        let out = run(&x, residual.map(Arc::unwrap_or_clone)).map_err(|e| self.error(e))?;
+        release(x);
+        Ok(Value::Map(Arc::new(out)))
     }
 
     fn map(&self, value: Value) -> Result<Arc<Map>, GraphError> {
