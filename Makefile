@@ -99,7 +99,8 @@ local-test: ## the local stack with debug binaries and a random-weight ResNet50 
 	@test -f $(E2E_MODELS)/resnet50.json || { mkdir -p $(E2E_MODELS) \
 	  && $(PYTHON) inference/scripts/make_resnet_onnx.py --arch resnet50 --out $(E2E_MODELS)/resnet50.onnx \
 	  && $(CARGO_TARGET_DIR)/debug/inference import $(E2E_MODELS)/resnet50.onnx --name resnet50 --labels imagenet; }
-	BIN=$(CARGO_TARGET_DIR)/debug MODELS=$(E2E_MODELS) e2e/local-stack.sh
+	# 2 requests/s: about two thirds of what three debug-build ResNet50 servers serve on 2 cores.
+	RATE=2 BIN=$(CARGO_TARGET_DIR)/debug MODELS=$(E2E_MODELS) e2e/local-stack.sh
 
 .PHONY: model
 model: ## fetch + import pretrained ResNet50 into $(MODELS)/, checked on real photos (OFFLINE=1: random weights, no internet)

@@ -9,7 +9,7 @@
 #
 # Environment: BIN (folder with inference, dispatcher, metrics-adapter, loadgen; default
 # $CARGO_TARGET_DIR/release), MODELS (default models), RATE (requests/s, default 4),
-# DURATION (seconds of load, default 60), KEEP=1 (leave the work folder for inspection).
+# DURATION (seconds of load, at least 45; default 60), KEEP=1 (leave the work folder for inspection).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +17,7 @@ bin=${BIN:-${CARGO_TARGET_DIR:-$root/target}/release}
 models=${MODELS:-$root/models}
 rate=${RATE:-4}
 duration=${DURATION:-60}
+[ "$duration" -ge 45 ] || { echo "local-stack: DURATION must be at least 45 (a 30 s rate window)" >&2; exit 2; }
 namespace=imageclassifier
 
 fail() { echo "local-stack: FAIL: $*" >&2; exit 1; }
@@ -125,15 +126,34 @@ echo "local-stack: ${duration}s at ${rate} req/s through the dispatcher (:$dispa
 loadgen_pid=$!
 pids+=("$loadgen_pid")
 
-# After two thirds of the run the 30 s rate window is full of steady load: check what the
-# HPA would read, then take one inference server away (SIGTERM, as a pod deletion does).
-sleep $((duration * 2 / 3))
+# What each inference server has itself counted (first attempts, any status), one total per
+# server: the ground truth the adapter's per-pod rates are checked against. Not the offered
+# rate: on a busy machine three debug-build ResNet50 servers serve less than loadgen offers
+# (the dispatcher queues the rest), and the adapter must report what they served.
+served() {
+  for port in "${inference_ports[@]}"; do
+    curl -fs "http://127.0.0.1:$port/metrics" | python3 -c '
+import sys
+print(sum(float(line.rsplit(" ", 1)[1]) for line in sys.stdin
+          if line.startswith("inference_requests_total{") and "attempt=\"first\"" in line))'
+  done | paste -sd' '
+}
+
+# After two thirds of the run the adapter's 30 s rate window is full of steady load: check
+# what the HPA would read against the servers' own counts over the same 30 s, then take one
+# inference server away (SIGTERM, as a pod deletion does).
+sleep $((duration * 2 / 3 - 30))
+before=$(served)
+sleep 30
 metric="/apis/custom.metrics.k8s.io/v1beta2/namespaces/$namespace/pods/*/inference_requests_per_second"
 raw "$metric" >"$work/metric.json" || fail "kubectl get --raw $metric"
-python3 - "$work/metric.json" "$rate" <<'PY' || fail "adapter answer does not match the offered load"
+after=$(served)
+python3 - "$work/metric.json" "$rate" "$before" "$after" <<'PY' || fail "the adapter's answer does not match what the servers served"
 import json, sys
 answer = json.load(open(sys.argv[1]))
 offered = float(sys.argv[2])
+served = {f"inference-{i + 1}": (float(b), float(a))
+          for i, (b, a) in enumerate(zip(sys.argv[3].split(), sys.argv[4].split()))}
 def milli(q):
     if q.endswith("m"): return int(q[:-1])
     if q.endswith("k"): return int(q[:-1]) * 1_000_000
@@ -141,11 +161,16 @@ def milli(q):
 values = {i["describedObject"]["name"]: milli(i["value"]) / 1000 for i in answer["items"]}
 print("local-stack: inference_requests_per_second per pod:", values)
 assert answer["kind"] == "MetricValueList", answer
-assert sorted(values) == ["inference-1", "inference-2", "inference-3"], values
-total = sum(values.values())
-assert abs(total - offered) <= 0.15 * offered, f"sum {total:.2f} req/s vs offered {offered}"
+assert sorted(values) == sorted(served), values
+for pod, (b, a) in served.items():
+    counted = (a - b) / 30
+    # Prometheus extrapolates rate() over its scrapes, a second or two off the counts taken
+    # here, and a busy server counts a whole batch (up to 8, 0.27 req/s over 30 s) at once.
+    assert abs(values[pod] - counted) <= 0.15 * counted + 0.3, \
+        f"{pod}: the adapter says {values[pod]:.2f} req/s, the server counted {counted:.2f}"
 assert all(v > 0 for v in values.values()), "the dispatcher must spread load over all pods"
-print(f"local-stack: sum {total:.2f} req/s, offered {offered} (within 15 %)")
+total = sum(values.values())
+print(f"local-stack: sum {total:.2f} req/s, as the servers counted (within 15 %); offered {offered}")
 PY
 series=$(curl -fsG "http://127.0.0.1:$prom_port/api/v1/series" --data-urlencode 'match[]=inference_requests_total')
 echo "$series" | python3 -c '
