@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::commands::load_model;
 use crate::config::BenchArgs;
-use crate::model::InputImage;
+use crate::model::{InputImage, profile};
 
 /// Timings of one batch size.
 #[derive(Debug, Serialize)]
@@ -23,11 +23,34 @@ pub struct BenchRow {
     pub min_ms: f64,
     /// Images per second at the median.
     pub images_per_s: f64,
+    /// With `--profile`: each native kernel's time per pass, in the order they run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelRow>,
+}
+
+/// One kernel's share of a pass (`--profile`).
+#[derive(Debug, Serialize)]
+pub struct KernelRow {
+    /// The ONNX node(s) it runs.
+    pub name: String,
+    /// What runs, e.g. `conv 3x3/2 depthwise 72->72 +Relu`.
+    pub what: String,
+    /// Output shape, NCHW.
+    pub output: String,
+    /// Milliseconds per pass (mean over the timed passes).
+    pub ms: f64,
 }
 
 /// Runs the benchmark and prints a table (or JSON).
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model, args.name.as_deref())?;
+    anyhow::ensure!(
+        !args.profile || model.backend() == "native",
+        "--profile times the native engine's kernels, and model '{}' runs on burn's {} \
+         operations",
+        model.name(),
+        model.backend()
+    );
     let size = model.spec().preprocess.input_size;
     let mut rows = Vec::new();
     for &batch in &args.batch_sizes {
@@ -37,12 +60,16 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             model.infer(&images)?;
         }
         let mut times = Vec::with_capacity(args.iterations as usize);
+        profile::enable(args.profile);
         for _ in 0..args.iterations {
             let started = Instant::now();
             model.infer(&images)?;
             times.push(started.elapsed());
         }
-        rows.push(summarise(batch, &mut times));
+        profile::enable(false);
+        let mut row = summarise(batch, &mut times);
+        row.kernels = per_pass(profile::take(), args.iterations);
+        rows.push(row);
     }
     if args.json {
         println!(
@@ -74,8 +101,49 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                 r.batch, r.median_ms, r.p99_ms, r.min_ms, r.images_per_s
             );
         }
+        for r in rows.iter().filter(|r| !r.kernels.is_empty()) {
+            print_kernels(r);
+        }
     }
     Ok(())
+}
+
+/// The kernels' times as milliseconds per pass.
+fn per_pass(times: Vec<profile::KernelTime>, passes: u32) -> Vec<KernelRow> {
+    times
+        .into_iter()
+        .map(|t| KernelRow {
+            ms: t.total.as_secs_f64() * 1e3 / f64::from(passes),
+            name: t.name,
+            what: t.what,
+            output: t.output,
+        })
+        .collect()
+}
+
+fn print_kernels(row: &BenchRow) {
+    let total: f64 = row.kernels.iter().map(|k| k.ms).sum();
+    println!(
+        "\nbatch {}: {:.2} ms per pass in {} kernels (mean; the median pass took {:.2})",
+        row.batch,
+        total,
+        row.kernels.len(),
+        row.median_ms
+    );
+    println!(
+        "{:>8} {:>6}  {:<28} {:<24} what",
+        "ms", "%", "node", "output"
+    );
+    for k in &row.kernels {
+        println!(
+            "{:>8.3} {:>6.1}  {:<28} {:<24} {}",
+            k.ms,
+            100.0 * k.ms / total.max(f64::MIN_POSITIVE),
+            k.name,
+            k.output,
+            k.what
+        );
+    }
 }
 
 fn summarise(batch: usize, times: &mut [Duration]) -> BenchRow {
@@ -89,6 +157,7 @@ fn summarise(batch: usize, times: &mut [Duration]) -> BenchRow {
         p99_ms: ms(times[p99_rank.clamp(1, times.len()) - 1]),
         min_ms: ms(times[0]),
         images_per_s: batch as f64 / (median / 1e3),
+        kernels: Vec::new(),
     }
 }
 

@@ -166,6 +166,12 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also time each kernel of the native engine over the timed passes and print, per
+    /// batch size, where a pass spends its time (milliseconds per pass, kernel by kernel in
+    /// the order they run; the pass times then include the timing's own small cost). Compare
+    /// with `inference/scripts/bench_ort.py --profile`.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// `inference import`.

@@ -58,6 +58,59 @@ fn classify_prints_the_top_classes_of_each_image() {
 }
 
 #[test]
+fn bench_profile_says_where_each_pass_spends_its_time() {
+    let models = common::models().to_str().expect("UTF-8");
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--model", models, "--name", common::DEMO];
+        args.extend(["--batch-sizes", "2", "--iterations", "3", "--warmup", "1"]);
+        args.extend(extra);
+        run(&args)
+    };
+    let out = bench(&["--profile", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let row = &report["results"][0];
+    let kernels = row["kernels"].as_array().expect("kernels with --profile");
+    assert!(!kernels.is_empty());
+    let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().expect("ms")).sum();
+    // The kernels' time is most of a pass and never more than the slowest one.
+    let slowest = row["p99_ms"].as_f64().expect("p99");
+    assert!(
+        total > 0.0 && total <= slowest * 1.01,
+        "{total} ms of {slowest}"
+    );
+    let first = &kernels[0];
+    assert!(
+        first["what"].as_str().expect("what").starts_with("conv "),
+        "{first}"
+    );
+    assert!(
+        first["output"]
+            .as_str()
+            .expect("output")
+            .starts_with("[2, "),
+        "{first}"
+    );
+
+    let plain = bench(&["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("JSON report");
+    assert!(report["results"][0].get("kernels").is_none(), "{report}");
+
+    let table = bench(&["--profile"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("ms per pass in"), "{text}");
+
+    let out = bench(&["--profile", "--device", "flex"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("native engine"), "{stderr}");
+}
+
+#[test]
 fn user_errors_are_one_clear_line() {
     let out = run(&[
         "serve",

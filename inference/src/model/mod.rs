@@ -14,6 +14,7 @@ use std::str::FromStr;
 use burn::tensor::{Device, FloatDType};
 use sha2::{Digest, Sha256};
 
+pub use cpu::profile;
 pub use graph::{GraphError, Kernels, Network};
 pub use preprocess::{InputImage, PreprocessError};
 pub use spec::{ModelSpec, Preprocess, SpecError};

@@ -72,31 +72,14 @@ impl Direct {
         accumulate: Accumulate,
         finish: impl Fn(&mut [f32]) + Sync,
     ) {
-        let layout = Layout::new(window, x, w);
+        let layout = Layout::new(window, x.w, x.c, w);
         let from_output = accumulate == Accumulate::Yes;
         data.par_chunks_mut(w * self.groups * self.cog)
             .enumerate()
             .for_each(|(line, out)| {
-                self.line(&layout, window, x, (line, h), out, from_output, &finish)
+                let rows = layout.rows(window, x, line / h, line % h);
+                self.line(&layout, &rows, out, from_output, &finish);
             });
-    }
-
-    /// Output lines from `first` on (counted over the batch, of `(h, w)` maps), as many as
-    /// `data` holds, on the calling thread; `finish` as for [`Self::run`].
-    pub fn run_lines(
-        &self,
-        x: &Map,
-        window: &Window,
-        (h, w): (usize, usize),
-        first: usize,
-        data: &mut [f32],
-        finish: impl Fn(&mut [f32]),
-    ) {
-        let layout = Layout::new(window, x, w);
-        let lines = first..;
-        for (line, out) in lines.zip(data.chunks_mut(w * self.groups * self.cog)) {
-            self.line(&layout, window, x, (line, h), out, false, &finish);
-        }
     }
 
     /// Whether each output channel is its input channel convolved alone.
@@ -104,23 +87,29 @@ impl Direct {
         self.cig == 1 && self.cog == 1
     }
 
-    /// Output line `line` (counted over the batch) of maps `h` lines high.
-    #[allow(clippy::too_many_arguments)]
-    fn line(
+    /// `depthwise`, `grouped (g groups)` or `direct`, as a profile names the method.
+    pub fn describe(&self) -> String {
+        match self.groups {
+            _ if self.is_depthwise() => "depthwise".into(),
+            1 => "direct".into(),
+            groups => format!("grouped ({groups} groups)"),
+        }
+    }
+
+    /// One output line from the input lines under its windows (`rows`, from
+    /// [`Layout::rows_over`]); `finish` and `from_output` as for [`Self::run`].
+    pub(super) fn line(
         &self,
         layout: &Layout,
-        window: &Window,
-        x: &Map,
-        (line, h): (usize, usize),
+        rows: &Rows,
         out: &mut [f32],
         from_output: bool,
-        finish: &impl Fn(&mut [f32]),
+        finish: impl Fn(&mut [f32]),
     ) {
-        let rows = layout.rows(window, x, line / h, line % h);
         if self.is_depthwise() {
-            self.depthwise_line(layout, &rows, out, from_output);
+            self.depthwise_line(layout, rows, out, from_output);
         } else {
-            self.grouped_line(layout, &rows, out, from_output);
+            self.grouped_line(layout, rows, out, from_output);
         }
         finish(out);
     }
@@ -331,7 +320,7 @@ struct Pixels {
 }
 
 /// How the pixel groups of an output line read the input.
-struct Layout {
+pub(super) struct Layout {
     /// Input values per line, and per edge group's padded copy of a line.
     line: usize,
     group_line: usize,
@@ -348,19 +337,20 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(window: &Window, x: &Map, outputs: usize) -> Self {
+    /// For inputs `width` pixels of `channels` wide and output lines of `outputs` pixels.
+    pub(super) fn new(window: &Window, width: usize, channels: usize, outputs: usize) -> Self {
         let [stride, dilation, kw] = [window.stride[1], window.dilation[1], window.kernel[1]];
         let before = window.padding[1].0;
         let reach = (kw - 1) * dilation + 1;
         let first = before.div_ceil(stride).min(outputs);
         // The last window inside ends at `ox·stride − before + reach − 1 ≤ width − 1`.
-        let end = (x.w + before)
+        let end = (width + before)
             .checked_sub(reach)
             .map_or(0, |room| (room / stride + 1).min(outputs));
         Self {
-            line: x.w * x.c,
-            group_line: ((PIXELS - 1) * stride + reach) * x.c,
-            c: x.c,
+            line: width * channels,
+            group_line: ((PIXELS - 1) * stride + reach) * channels,
+            c: channels,
             before,
             first,
             end: end.max(first),
@@ -373,10 +363,22 @@ impl Layout {
     /// The (kernel row, input line) pairs of output line `oy` of `image`, kernel rows on
     /// padding left out.
     fn rows<'a>(&self, window: &Window, x: &'a Map, image: usize, oy: usize) -> Rows<'a> {
-        (window.taps(0, oy, x.h).enumerate())
-            .filter_map(|(ky, iy)| {
-                iy.map(|iy| (ky, &x.data[(image * x.h + iy) * self.line..][..self.line]))
-            })
+        self.rows_over(window, x.h, oy, |iy| {
+            &x.data[(image * x.h + iy) * self.line..][..self.line]
+        })
+    }
+
+    /// The (kernel row, input line) pairs of output line `oy` of maps `height` lines high
+    /// whose line `iy` is `line(iy)`, kernel rows on padding left out.
+    pub(super) fn rows_over<'a>(
+        &self,
+        window: &Window,
+        height: usize,
+        oy: usize,
+        line: impl Fn(usize) -> &'a [f32],
+    ) -> Rows<'a> {
+        (window.taps(0, oy, height).enumerate())
+            .filter_map(|(ky, iy)| iy.map(|iy| (ky, line(iy))))
             .collect()
     }
 
@@ -422,7 +424,7 @@ impl Layout {
 }
 
 /// (kernel row, input line) pairs.
-type Rows<'a> = Vec<(usize, &'a [f32])>;
+pub(super) type Rows<'a> = Vec<(usize, &'a [f32])>;
 
 /// Output pixels computed together by the span kernels.
 const PIXELS: usize = 4;

@@ -84,7 +84,7 @@ impl Map {
         (self.n, self.h, self.w, self.c) == (other.n, other.h, other.w, other.c)
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!("[{}, {}, {}, {}] (NCHW)", self.n, self.c, self.h, self.w)
     }
 }
@@ -128,6 +128,22 @@ impl Window {
             out -= 1;
         }
         Ok(out)
+    }
+
+    /// Size and stride, `3x3/2` (and dilation, `3x3/1 d2`), as a profile names a window.
+    pub(super) fn describe(&self) -> String {
+        let [kh, kw] = self.kernel;
+        let stride = if self.stride[0] == self.stride[1] {
+            self.stride[0].to_string()
+        } else {
+            format!("{}x{}", self.stride[0], self.stride[1])
+        };
+        let dilation = match self.dilation {
+            [1, 1] => String::new(),
+            [dy, dx] if dy == dx => format!(" d{dy}"),
+            [dy, dx] => format!(" d{dy}x{dx}"),
+        };
+        format!("{kh}x{kw}/{stride}{dilation}")
     }
 
     /// The input coordinate under the first tap for output position `out` along `axis`
@@ -262,7 +278,7 @@ pub struct Conv {
 const PATCH_BYTES: usize = 512 * 1024;
 /// Fewer rows per block than this and each block re-reads the whole weight matrix for too
 /// little work (late ResNet layers have 9 MiB of weights and 49 pixels per image).
-const MIN_ROWS: usize = 48;
+pub(super) const MIN_ROWS: usize = 48;
 /// More rows than this gives no better product and fewer blocks to share between threads.
 const MAX_ROWS: usize = 256;
 
@@ -362,6 +378,30 @@ impl Conv {
         }
     }
 
+    /// Window, channels, method and epilogue, as a profile names the kernel:
+    /// `conv 3x3/2 depthwise 72->72 +relu`.
+    pub(super) fn describe(&self) -> String {
+        let method = match &self.method {
+            Method::Patches(_) if self.is_pointwise() => "matmul".to_string(),
+            Method::Patches(_) => "patches".to_string(),
+            Method::Winograd(_) => "winograd".to_string(),
+            Method::Direct(direct) => direct.describe(),
+        };
+        let mut text = format!(
+            "conv {} {method} {}->{}",
+            self.window.describe(),
+            self.cin,
+            self.cout
+        );
+        if self.epilogue.residual {
+            text.push_str(" +add");
+        }
+        if let Some(activation) = self.epilogue.activation {
+            text.push_str(&format!(" +{activation:?}"));
+        }
+        text
+    }
+
     /// Where the kernel goes over the input.
     pub fn window(&self) -> &Window {
         &self.window
@@ -396,7 +436,7 @@ impl Conv {
         })
     }
 
-    fn check_input(&self, x: &Map) -> Result<(), String> {
+    pub(super) fn check_input(&self, x: &Map) -> Result<(), String> {
         if x.c == self.cin {
             return Ok(());
         }
@@ -410,7 +450,7 @@ impl Conv {
 
     /// The buffer `n` output maps of `(h, w)` are written to: a spare one, or with a residual
     /// epilogue the shortcut itself, which the sums then start from.
-    fn output(
+    pub(super) fn output(
         &self,
         n: usize,
         (h, w): (usize, usize),
@@ -435,63 +475,26 @@ impl Conv {
         }
     }
 
-    /// Whether this convolution can take its input from `first`'s output block by block
-    /// ([`Self::run_after`]): `first` depthwise without a shortcut, this one 1×1.
-    pub fn can_follow(&self, first: &Conv) -> bool {
-        matches!(&first.method, Method::Direct(d) if d.is_depthwise())
-            && matches!(self.method, Method::Patches(_))
-            && self.is_pointwise()
-            && !first.epilogue.residual
-            && first.cout == self.cin
+    /// Input and output channels.
+    pub(super) fn channels(&self) -> (usize, usize) {
+        (self.cin, self.cout)
     }
 
-    /// `self(first(x))` for a depthwise `first` and a pointwise `self` (see
-    /// [`Self::can_follow`]), a block of lines at a time: each thread convolves a few lines
-    /// depthwise into a buffer that stays in its cache, and multiplies them by this
-    /// convolution's weights right away. The depthwise output, the largest map of a
-    /// MobileNet block (14 MB for 56×56×144 at batch 8), is never written out and read back.
-    /// Maps too small to give each thread a few blocks of [`MIN_ROWS`] rows run one
-    /// convolution after the other.
-    pub fn run_after(&self, first: &Conv, x: &Map, residual: Option<Map>) -> Result<Map, String> {
-        let (Method::Direct(direct), Method::Patches(weight)) = (&first.method, &self.method)
-        else {
-            return Err("only a 1×1 convolution after a depthwise one runs chained".into());
-        };
-        first.check_input(x)?;
-        let (h, w) = first.window.output(x.h, x.w)?;
-        let threads = rayon::current_num_threads();
-        let Some(lines) = chain_lines(x.n * h, w * first.cout, w, threads) else {
-            let middle = first.run(x, None)?;
-            let out = self.run(&middle, residual);
-            super::buffers::recycle(middle.data);
-            return out;
-        };
-        let (mut data, accumulate) = self.output(x.n, (h, w), residual)?;
-        data.par_chunks_mut(lines * w * self.cout)
-            .enumerate()
-            .for_each(|(block, dst)| {
-                let rows = dst.len() / self.cout;
-                let mut buffer = PATCHES.take();
-                grow(&mut buffer, rows * first.cout);
-                let middle = &mut buffer[..rows * first.cout];
-                let finish = |line: &mut [f32]| first.finish(line);
-                direct.run_lines(x, &first.window, (h, w), block * lines, middle, finish);
-                let shape = Shape {
-                    m: rows,
-                    k: self.cin,
-                    n: self.cout,
-                };
-                matmul::matmul(dst, middle, weight, shape, accumulate, 1);
-                self.finish(dst);
-                PATCHES.set(buffer);
-            });
-        Ok(Map {
-            n: x.n,
-            h,
-            w,
-            c: self.cout,
-            data,
-        })
+    /// The `[cin, cout]` weights of a 1×1 convolution computed as one matrix product over
+    /// the input map (stride 1, no padding): `None` for any other.
+    pub(super) fn pointwise_weight(&self) -> Option<&[f32]> {
+        match &self.method {
+            Method::Patches(weight) if self.is_pointwise() => Some(weight),
+            _ => None,
+        }
+    }
+
+    /// The direct loops of a depthwise convolution: `None` for any other.
+    pub(super) fn depthwise(&self) -> Option<&Direct> {
+        match &self.method {
+            Method::Direct(direct) if direct.is_depthwise() => Some(direct),
+            _ => None,
+        }
     }
 
     /// Patch rows gathered one block of output pixels at a time, times the weights.
@@ -589,7 +592,7 @@ impl Conv {
     }
 
     /// Bias and activation over a block of finished output rows.
-    fn finish(&self, block: &mut [f32]) {
+    pub(super) fn finish(&self, block: &mut [f32]) {
         finish_rows(block, &self.bias, self.epilogue.activation);
     }
 }
@@ -649,24 +652,6 @@ fn copy_run(taps: &mut [f32], line: &[f32], run: Run, cin: usize) {
     before.fill(0.0);
     inside.copy_from_slice(&line[run.first_input * cin..][..run.count * cin]);
     after.fill(0.0);
-}
-
-/// A chained depthwise block's intermediate values are kept to about this many bytes, so
-/// that they stay in the core's L2 cache between the two convolutions.
-const CHAIN_BYTES: usize = 256 * 1024;
-
-/// Lines per block for [`Conv::run_after`] over `lines` output lines of `values_per_line`
-/// intermediate values (`width` pixels each), or `None` when the map is too small to give
-/// each of `threads` two blocks of [`MIN_ROWS`] rows.
-pub(super) fn chain_lines(
-    lines: usize,
-    values_per_line: usize,
-    width: usize,
-    threads: usize,
-) -> Option<usize> {
-    let fit = (CHAIN_BYTES / size_of::<f32>() / values_per_line.max(1)).max(1);
-    let lines_per_block = fit.max(MIN_ROWS.div_ceil(width.max(1)));
-    (lines >= 2 * threads * lines_per_block).then_some(lines_per_block)
 }
 
 /// How a convolution's output rows are shared by the threads.

@@ -13,14 +13,17 @@
 //! across operations and epilogue fusion for convolutions.
 
 mod buffers;
+mod chain;
 mod direct;
 mod kernels;
 mod lanes;
+pub mod profile;
 mod winograd;
 
 use std::sync::Arc;
 
 use super::graph::{Activation, GraphError, Normalized, Op, Schedule, Step, Wired, readers};
+use chain::Chain;
 use kernels::{Algorithm, Conv, Epilogue, Map, PoolKind, Vectors, Window};
 
 /// A graph compiled to native kernels, with fused convolutions.
@@ -43,10 +46,10 @@ struct Kernel {
 enum NativeOp {
     /// Inputs: the map, then (with a residual epilogue) the shortcut to add.
     Conv(Box<Conv>),
-    /// A depthwise convolution and the 1×1 convolution that alone reads its output, run
-    /// block by block ([`Conv::run_after`]). Inputs as for the second's `Conv`, with the
-    /// depthwise convolution's input first.
-    Chain(Box<[Conv; 2]>),
+    /// A depthwise convolution with the 1×1 convolutions around it, run a block of lines at
+    /// a time ([`chain`]). Inputs: the first convolution's input, then (when the last one
+    /// adds a shortcut) the shortcut.
+    Chain(Box<Chain>),
     Affine {
         scale: Vec<f32>,
         shift: Vec<f32>,
@@ -155,9 +158,13 @@ impl Plan {
         dims: [usize; 4],
     ) -> Result<(Vec<f32>, usize), GraphError> {
         let input = Value::Map(Arc::new(Map::from_nchw(input, dims)));
-        let output = self
-            .schedule
-            .run(&self.steps, input, |kernel, args| kernel.run(args))?;
+        let output = self.schedule.run(&self.steps, input, |kernel, args| {
+            profile::time(
+                &kernel.name,
+                || kernel.run(args),
+                |out| kernel.describe(out),
+            )
+        })?;
         let vectors = match output {
             Value::Vector(v) => Arc::unwrap_or_clone(v),
             Value::Map(m) => Arc::unwrap_or_clone(m).flatten(),
@@ -180,10 +187,7 @@ impl Kernel {
         let second = args.next();
         let value = match &self.op {
             NativeOp::Conv(conv) => self.convolve(first, second, |x, r| conv.run(x, r))?,
-            NativeOp::Chain(convs) => {
-                let [depthwise, pointwise] = &**convs;
-                self.convolve(first, second, |x, r| pointwise.run_after(depthwise, x, r))?
-            }
+            NativeOp::Chain(chain) => self.convolve(first, second, |x, r| chain.run(x, r))?,
             NativeOp::Affine { scale, shift } => {
                 let mut x = Arc::unwrap_or_clone(self.map(first)?);
                 if x.c != scale.len() {
@@ -263,6 +267,32 @@ impl Kernel {
             NativeOp::Identity => first,
         };
         Ok(value)
+    }
+
+    /// What runs and the shape of what it made, for [`profile`].
+    fn describe(&self, output: &Result<Value, GraphError>) -> (String, String) {
+        let what = match &self.op {
+            NativeOp::Conv(conv) => conv.describe(),
+            NativeOp::Chain(chain) => chain.describe(),
+            NativeOp::Affine { .. } => "batch norm".into(),
+            NativeOp::Activation(activation) => format!("{activation:?}"),
+            NativeOp::ChannelNorm { .. } => "layer norm over channels".into(),
+            NativeOp::Pool(window, kind) => format!("{kind:?} pool {}", window.describe()),
+            NativeOp::GlobalAvgPool => "global average pool".into(),
+            NativeOp::Add => "add".into(),
+            NativeOp::Mul => "multiply".into(),
+            NativeOp::Concat => "concat".into(),
+            NativeOp::Flatten => "flatten".into(),
+            NativeOp::Linear { outputs, .. } => format!("linear ->{outputs}"),
+            NativeOp::Softmax => "softmax".into(),
+            NativeOp::Identity => "identity".into(),
+        };
+        let output = match output {
+            Ok(Value::Map(m)) => m.describe(),
+            Ok(Value::Vector(v)) => format!("[{}, {}]", v.n, v.f),
+            Err(_) => "(failed)".into(),
+        };
+        (what, output)
     }
 
     /// `first op second`, element by element or one value per channel. Generic over `op`
@@ -564,47 +594,58 @@ fn fuse(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> 
     fused
 }
 
-/// Joins each depthwise convolution with the 1×1 convolution right after it that alone
-/// reads its output (a MobileNetV2 block's projection), into one [`NativeOp::Chain`].
+/// Joins each depthwise convolution with the 1×1 convolutions next to it into one
+/// [`NativeOp::Chain`]: the expansion right before it whose output only it reads, and the
+/// projection right after it that alone reads its output (a MobileNetV2 block's three
+/// convolutions; an EfficientNet block's first two, its squeeze-and-excitation sitting
+/// between the depthwise convolution and the projection).
 fn chain(kernels: Vec<Kernel>, slots: usize, graph_output: usize) -> Vec<Kernel> {
     let readers = readers(&kernels, slots, graph_output);
     let mut chained: Vec<Kernel> = Vec::with_capacity(kernels.len());
     for kernel in kernels {
-        match (chained.pop(), kernel) {
-            (
-                Some(Kernel {
-                    name: first_name,
-                    op: NativeOp::Conv(depthwise),
-                    inputs: first_inputs,
-                    output: middle,
-                }),
-                Kernel {
-                    name,
-                    op: NativeOp::Conv(pointwise),
-                    inputs,
-                    output,
-                },
-            ) if inputs.first() == Some(&middle)
-                && readers[middle] == 1
-                && pointwise.can_follow(&depthwise) =>
-            {
-                chained.push(Kernel {
-                    name: format!("{first_name}+{name}"),
-                    op: NativeOp::Chain(Box::new([*depthwise, *pointwise])),
-                    inputs: first_inputs
-                        .into_iter()
-                        .chain(inputs[1..].to_vec())
-                        .collect(),
-                    output,
-                });
+        let feeds = |previous: &Kernel| {
+            kernel.inputs.first() == Some(&previous.output) && readers[previous.output] == 1
+        };
+        match chained.pop() {
+            Some(previous) if feeds(&previous) && joins(&previous, &kernel) => {
+                chained.push(join(previous, kernel));
             }
-            (previous, kernel) => {
-                chained.extend(previous);
-                chained.push(kernel);
-            }
+            previous => chained.extend(previous.into_iter().chain([kernel])),
         }
     }
     chained
+}
+
+/// Whether `first` and `second` (which alone reads `first`'s output) chain.
+fn joins(first: &Kernel, second: &Kernel) -> bool {
+    match (&first.op, &second.op) {
+        (NativeOp::Conv(a), NativeOp::Conv(b)) => {
+            Chain::fits(Some(a), b, None) || Chain::fits(None, a, Some(b))
+        }
+        (NativeOp::Chain(chain), NativeOp::Conv(b)) => chain.accepts_project(b),
+        _ => false,
+    }
+}
+
+/// `first` and `second`, which [`joins`] accepts, as one chain.
+fn join(first: Kernel, second: Kernel) -> Kernel {
+    let chain = match (first.op, second.op) {
+        (NativeOp::Conv(a), NativeOp::Conv(b)) if a.depthwise().is_some() => {
+            Chain::new(None, *a, Some(*b))
+        }
+        (NativeOp::Conv(a), NativeOp::Conv(b)) => Chain::new(Some(*a), *b, None),
+        (NativeOp::Chain(chain), NativeOp::Conv(b)) => chain.with_project(*b),
+        _ => None,
+    }
+    .expect("joins() checked that they fit");
+    Kernel {
+        name: format!("{}+{}", first.name, second.name),
+        op: NativeOp::Chain(Box::new(chain)),
+        inputs: (first.inputs.into_iter())
+            .chain(second.inputs.into_iter().skip(1))
+            .collect(),
+        output: second.output,
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::buffers;
+use super::chain::{Blocks, Chain};
 use super::kernels::{self, Algorithm, Conv, Epilogue, Map, PoolKind, Window};
 use crate::model::graph::Activation;
 
@@ -441,16 +442,22 @@ fn a_convolution_whose_output_is_read_twice_is_not_fused() {
 }
 
 fn depthwise(channels: usize, stride: usize) -> Conv {
+    depthwise_of(channels, 3, stride)
+}
+
+/// A `kernel`×`kernel` depthwise convolution padded to keep the size (at stride 1), with a
+/// ReLU6.
+fn depthwise_of(channels: usize, kernel: usize, stride: usize) -> Conv {
     let window = Window {
-        kernel: [3, 3],
+        kernel: [kernel; 2],
         stride: [stride; 2],
-        padding: [(1, 1); 2],
+        padding: [(kernel / 2, kernel / 2); 2],
         dilation: [1, 1],
         ceil: false,
     };
-    let weight = random(channels * 9, 7);
+    let weight = random(channels * kernel * kernel, 7);
     let bias = random(channels, 8);
-    let shape = [channels, 1, 3, 3];
+    let shape = [channels, 1, kernel, kernel];
     let mut conv = Conv::new(
         &weight,
         shape,
@@ -479,71 +486,141 @@ fn projection(cin: usize, cout: usize, residual: bool) -> Conv {
     conv
 }
 
+/// A 1×1 expansion with a HardSwish, as MobileNetV3's.
+fn expansion(cin: usize, cout: usize) -> Conv {
+    let mut conv = projection(cin, cout, false);
+    conv.epilogue.activation = Some(Activation::HardSwish);
+    conv
+}
+
 #[test]
-fn a_depthwise_and_a_pointwise_convolution_chained_match_them_run_apart() {
-    // (input NCHW, depthwise stride, projected channels, shortcut, run block by block):
-    // maps large enough to go block by block on two threads, including a width that is no
-    // multiple of the pixel groups, and one too small to (it runs them apart).
+fn chained_convolutions_match_them_run_apart() {
+    // (input NCHW, expanded channels (0: no expansion), depthwise kernel and stride,
+    // projected channels (0: no projection), shortcut, run block by block): maps large
+    // enough to go block by block on two threads, whole images per run or one image cut into
+    // runs (whose first blocks expand the lines above them again), widths that are no
+    // multiple of the pixel groups, and maps too small to (they run apart).
     let cases = [
-        ([4, 32, 48, 48], 1, 16, false, true),
-        ([4, 40, 45, 45], 1, 40, true, true),
-        ([4, 16, 130, 130], 2, 8, false, true),
-        ([1, 40, 7, 7], 1, 40, true, false),
+        ([4, 32, 48, 48], 0, (3, 1), 16, false, true),
+        ([4, 40, 45, 45], 0, (3, 1), 40, true, true),
+        ([4, 16, 130, 130], 0, (3, 2), 8, false, true),
+        ([1, 40, 7, 7], 0, (3, 1), 40, true, false),
+        ([1, 8, 57, 57], 96, (3, 1), 8, true, true),
+        ([1, 8, 57, 57], 96, (5, 1), 8, true, true),
+        ([3, 8, 56, 56], 24, (3, 2), 12, false, true),
+        ([2, 6, 41, 41], 200, (5, 1), 0, false, true),
+        ([2, 6, 41, 41], 200, (3, 2), 0, false, true),
+        ([1, 8, 9, 9], 16, (3, 1), 8, true, false),
     ];
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .expect("a pool of two threads");
-    for (input, stride, cout, residual, blocks) in cases {
-        let (first, second) = (
-            depthwise(input[1], stride),
-            projection(input[1], cout, residual),
-        );
-        assert!(second.can_follow(&first));
+    for (input, mid, (kernel, stride), cout, residual, blocks) in cases {
+        let what = format!("{input:?} → {mid} {kernel}x{kernel}/{stride} → {cout}");
+        let depthwise = || depthwise_of(if mid > 0 { mid } else { input[1] }, kernel, stride);
+        let expand = (mid > 0).then(|| expansion(input[1], mid));
+        let mid = if mid > 0 { mid } else { input[1] };
+        let project = (cout > 0).then(|| projection(mid, cout, residual));
         let x = Map::from_nchw(&random(input.iter().product(), 11), input);
-        let middle = first.run(&x, None).expect("depthwise runs");
-        let lines =
-            super::kernels::chain_lines(middle.n * middle.h, middle.w * middle.c, middle.w, 2);
-        assert_eq!(lines.is_some(), blocks, "{input:?}: {lines:?}");
-        let shortcut = residual.then(|| {
+        // Each convolution on its own.
+        let expanded = expand
+            .as_ref()
+            .map(|e| e.run(&x, None).expect("expansion runs"));
+        let middle =
+            (depthwise().run(expanded.as_ref().unwrap_or(&x), None)).expect("depthwise runs");
+        let shortcut = (residual && project.is_some()).then(|| {
             let dims = [middle.n, cout, middle.h, middle.w];
             Map::from_nchw(&random(dims.iter().product(), 12), dims)
         });
-        let apart = second
-            .run(&middle, shortcut.clone())
-            .expect("pointwise runs");
+        let apart = match &project {
+            Some(p) => p.run(&middle, shortcut.clone()).expect("projection runs"),
+            None => middle.clone(),
+        };
         stale_spares();
-        let chained = pool
-            .install(|| second.run_after(&first, &x, shortcut))
-            .expect("chained runs");
-        assert_close(
-            &chained,
-            &apart,
-            &format!("chained {input:?} stride {stride}"),
-        );
+        let chain = Chain::new(expand, depthwise(), project).expect("they fit");
+        let plan = Blocks::new(&chain, (x.n, x.w), (middle.h, middle.w), 2);
+        assert_eq!(plan.is_some(), blocks, "{what}: {plan:?}");
+        let chained = (pool.install(|| chain.run(&x, shortcut))).expect("the chain runs");
+        assert_close(&chained, &apart, &format!("chained {what}"));
     }
 }
 
 #[test]
-fn a_depthwise_output_read_only_by_a_pointwise_convolution_is_chained_to_it() {
+fn chains_are_only_made_of_what_fits_together() {
+    // 1×1 convolutions over more than four channels (fewer are computed directly).
+    let dw = || depthwise(8, 1);
+    assert!(Chain::fits(
+        Some(&expansion(6, 8)),
+        &dw(),
+        Some(&projection(8, 8, true))
+    ));
+    assert!(!Chain::fits(None, &dw(), None), "nothing to chain to");
+    assert!(
+        !Chain::fits(Some(&expansion(6, 6)), &dw(), None),
+        "6 channels into 8"
+    );
+    assert!(
+        !Chain::fits(Some(&expansion(4, 8)), &dw(), None),
+        "computed directly"
+    );
+    assert!(
+        !Chain::fits(Some(&dw()), &dw(), None),
+        "a depthwise expansion"
+    );
+    assert!(!Chain::fits(
+        None,
+        &expansion(8, 8),
+        Some(&projection(8, 8, false))
+    ));
+    let mut shortcut = dw();
+    shortcut.epilogue.residual = true;
+    assert!(!Chain::fits(
+        None,
+        &shortcut,
+        Some(&projection(8, 8, false))
+    ));
+    assert!(
+        Chain::fits(Some(&expansion(6, 8)), &shortcut, None),
+        "its own shortcut, last"
+    );
+}
+
+#[test]
+fn a_depthwise_convolution_is_chained_to_the_1x1_convolutions_that_alone_feed_and_read_it() {
     // Eight channels: over four, a 1×1 convolution is a matrix product (fewer are computed
     // directly, and chain to nothing).
     let dw = || super::NativeOp::Conv(Box::new(depthwise(8, 1)));
     let pw = |residual| super::NativeOp::Conv(Box::new(projection(8, 8, residual)));
-    // 0 → dw → 1 → pw → 2 (+ 0 as the shortcut), and 2 → dw → 3, read by pw and by a relu.
+    // 0 → ex1 → 1 → dw1 → 2 → pw1 → 3 (+ 0 as the shortcut): one chain of three.
+    // 3 → dw2 → 4, read by pw2 (→ 5) and by a relu (→ 12): not chained.
+    // 5 → ex3 → 6 → dw3 → 7 → relu → 8 (squeeze-and-excitation's place) → pw3: ex3 + dw3.
+    // 8 → ex4 → 9, read by dw4 and pw4: not chained.
     let kernels = vec![
-        kernel("dw1", dw(), &[0], 1),
-        kernel("pw1", pw(true), &[1, 0], 2),
-        kernel("dw2", dw(), &[2], 3),
-        kernel("pw2", pw(false), &[3], 4),
+        kernel("ex1", pw(false), &[0], 1),
+        kernel("dw1", dw(), &[1], 2),
+        kernel("pw1", pw(true), &[2, 0], 3),
+        kernel("dw2", dw(), &[3], 4),
+        kernel("pw2", pw(false), &[4], 5),
         kernel(
             "relu",
             super::NativeOp::Activation(Activation::Relu),
-            &[3],
-            5,
+            &[4],
+            12,
         ),
+        kernel("ex3", pw(false), &[5], 6),
+        kernel("dw3", dw(), &[6], 7),
+        kernel(
+            "relu3",
+            super::NativeOp::Activation(Activation::Relu),
+            &[7],
+            8,
+        ),
+        kernel("ex4", pw(false), &[8], 9),
+        kernel("dw4", dw(), &[9], 10),
+        kernel("pw4", pw(false), &[9], 11),
     ];
-    let chained = super::chain(kernels, 6, 5);
+    let chained = super::chain(kernels, 13, 11);
     let shapes: Vec<_> = (chained.iter())
         .map(|k| {
             (
@@ -556,10 +633,15 @@ fn a_depthwise_output_read_only_by_a_pointwise_convolution_is_chained_to_it() {
     assert_eq!(
         shapes,
         [
-            ("dw1+pw1", true, vec![0, 0]),
-            ("dw2", false, vec![2]),
-            ("pw2", false, vec![3]),
-            ("relu", false, vec![3]),
+            ("ex1+dw1+pw1", true, vec![0, 0]),
+            ("dw2", false, vec![3]),
+            ("pw2", false, vec![4]),
+            ("relu", false, vec![4]),
+            ("ex3+dw3", true, vec![5]),
+            ("relu3", false, vec![7]),
+            ("ex4", false, vec![8]),
+            ("dw4", false, vec![9]),
+            ("pw4", false, vec![9]),
         ]
     );
 }
@@ -588,4 +670,62 @@ fn winograd_is_chosen_for_3x3_stride_1_on_maps_of_14x14_and_up() {
         Algorithm::choose(&POINTWISE, Some((56, 56))),
         Algorithm::Patches
     );
+}
+
+#[test]
+fn a_profile_times_each_kernel_of_the_passes_run_while_it_is_on() {
+    use super::{Plan, Schedule, profile};
+    use std::time::Duration;
+    let steps = vec![
+        kernel(
+            "profiled dw",
+            super::NativeOp::Conv(Box::new(depthwise(8, 2))),
+            &[0],
+            1,
+        ),
+        kernel(
+            "profiled relu",
+            super::NativeOp::Activation(Activation::Relu),
+            &[1],
+            2,
+        ),
+    ];
+    let schedule = Schedule::new(&steps, 0, 2, 3);
+    let plan = Plan { steps, schedule };
+    let input = random(8 * 9 * 9, 13);
+    let pass = || plan.forward(&input, [1, 8, 9, 9]).expect("the plan runs");
+    // Other tests run plans at the same time; only this test's kernels are looked at.
+    let ours = |times: Vec<profile::KernelTime>| -> Vec<_> {
+        (times.into_iter())
+            .filter(|t| t.name.starts_with("profiled"))
+            .map(|t| (t.name, t.what, t.output, t.calls, t.total > Duration::ZERO))
+            .collect()
+    };
+    pass();
+    profile::enable(true);
+    pass();
+    pass();
+    profile::enable(false);
+    pass();
+    let clip = "Clip { min: 0.0, max: 6.0 }";
+    assert_eq!(
+        ours(profile::take()),
+        [
+            (
+                "profiled dw".to_string(),
+                format!("conv 3x3/2 depthwise 8->8 +{clip}"),
+                "[1, 8, 5, 5] (NCHW)".to_string(),
+                2,
+                true
+            ),
+            (
+                "profiled relu".to_string(),
+                "Relu".to_string(),
+                "[1, 8, 5, 5] (NCHW)".to_string(),
+                2,
+                true
+            ),
+        ]
+    );
+    assert_eq!(ours(profile::take()), [], "taking the times clears them");
 }
