@@ -37,7 +37,8 @@ pub struct KernelRow {
     pub what: String,
     /// Output shape, NCHW.
     pub output: String,
-    /// Milliseconds per pass (mean over the timed passes).
+    /// Milliseconds per pass (mean over the timed passes), summed over the parts of a batch
+    /// that run at once on different threads.
     pub ms: f64,
 }
 
@@ -124,7 +125,9 @@ fn per_pass(times: Vec<profile::KernelTime>, passes: u32) -> Vec<KernelRow> {
 fn print_kernels(row: &BenchRow) {
     let total: f64 = row.kernels.iter().map(|k| k.ms).sum();
     println!(
-        "\nbatch {}: {:.2} ms per pass in {} kernels (mean; the median pass took {:.2})",
+        "\nbatch {}: {:.2} ms of kernel time per pass in {} kernels (mean; the median pass \
+         took {:.2}; a batch runs as one part per thread at once, so kernel times of several \
+         images add up to more than the pass)",
         row.batch,
         total,
         row.kernels.len(),

@@ -77,10 +77,12 @@ fn bench_profile_says_where_each_pass_spends_its_time() {
     let kernels = row["kernels"].as_array().expect("kernels with --profile");
     assert!(!kernels.is_empty());
     let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().expect("ms")).sum();
-    // The kernels' time is most of a pass and never more than the slowest one.
+    // The batch of 2 runs as one part per thread, at once (1 image each on two threads or
+    // more), so the kernels' time is at most the slowest pass times the parts.
+    let parts = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     let slowest = row["p99_ms"].as_f64().expect("p99");
     assert!(
-        total > 0.0 && total <= slowest * 1.01,
+        total > 0.0 && total <= slowest * parts as f64 * 1.01,
         "{total} ms of {slowest}"
     );
     let first = &kernels[0];
@@ -92,7 +94,7 @@ fn bench_profile_says_where_each_pass_spends_its_time() {
         first["output"]
             .as_str()
             .expect("output")
-            .starts_with("[2, "),
+            .starts_with(&format!("[{}, ", 2 / parts)),
         "{first}"
     );
 
@@ -102,7 +104,7 @@ fn bench_profile_says_where_each_pass_spends_its_time() {
 
     let table = bench(&["--profile"]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("ms per pass in"), "{text}");
+    assert!(text.contains("ms of kernel time per pass in"), "{text}");
 
     let out = bench(&["--profile", "--device", "flex"]);
     assert!(!out.status.success());

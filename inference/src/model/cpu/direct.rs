@@ -14,12 +14,10 @@
 
 use matmul::Accumulate;
 use rayon::prelude::*;
-use wide::f32x8;
-
 use std::cell::Cell;
 
 use super::kernels::{Map, Window, grow};
-use super::lanes::Lanes;
+use super::lanes::{Eight, Lanes, One, Widest, Work};
 
 /// A convolution's weights as the direct loops read them: `[tap][group][cin per group][cout
 /// per group]`, so that a tap's weights for a block of output channels are contiguous.
@@ -30,6 +28,8 @@ pub struct Direct {
     /// Input and output channels per group.
     cig: usize,
     cog: usize,
+    /// The vectors the loops run with: sixteen lanes where the CPU has AVX-512.
+    widest: Widest,
 }
 
 impl Direct {
@@ -51,7 +51,14 @@ impl Direct {
             groups,
             cig,
             cog,
+            widest: Widest::detect(),
         }
+    }
+
+    /// The same loops with `widest` vectors at most (tests run both widths on one CPU).
+    #[cfg(test)]
+    pub(super) fn with_widest(self, widest: Widest) -> Self {
+        Self { widest, ..self }
     }
 
     /// Convolves `x` into `data` (`(h, w)` output maps), one output line per task; `finish`
@@ -106,16 +113,23 @@ impl Direct {
         from_output: bool,
         finish: impl Fn(&mut [f32]),
     ) {
-        if self.is_depthwise() {
-            self.depthwise_line(layout, rows, out, from_output);
-        } else {
-            self.grouped_line(layout, rows, out, from_output);
-        }
+        self.widest.run(Line {
+            direct: self,
+            layout,
+            rows,
+            out: &mut *out,
+            from_output,
+        });
         finish(out);
     }
 
     /// One output line of a grouped (or dense) convolution, [`PIXELS`] at a time.
-    fn grouped_line(&self, layout: &Layout, rows: &Rows, out_line: &mut [f32], from_output: bool) {
+    #[inline(always)]
+    fn grouped_line<L: Lanes>(
+        &self,
+        lanes: L,
+        (layout, rows, out_line, from_output): (&Layout, &Rows, &mut [f32], bool),
+    ) {
         let cout = self.groups * self.cog;
         let w = out_line.len() / cout;
         let mut buffer = LINES.take();
@@ -130,15 +144,26 @@ impl Direct {
             // The last group may have fewer pixels: its columns come from an edge copy,
             // zeros past the line, and only its own pixels are stored.
             let end = (ox + PIXELS).min(w);
-            self.pixels(&mut out_line[ox * cout..end * cout], &span, from_output);
+            self.pixels(
+                lanes,
+                &mut out_line[ox * cout..end * cout],
+                &span,
+                from_output,
+            );
         }
         LINES.set(buffer);
     }
 
     /// One output line of a depthwise convolution, [`PIXELS`] pixels at a time, each group's
-    /// channels 16 at a time (then 8, then one at a time): eight independent sums in
-    /// registers. Groups at the edges, or short at the line's end, check their taps.
-    fn depthwise_line(&self, layout: &Layout, rows: &Rows, out: &mut [f32], from_output: bool) {
+    /// channels two vectors at a time (then one, then 8, then one at a time): eight
+    /// independent sums in registers. Groups at the edges, or short at the line's end, check
+    /// their taps.
+    #[inline(always)]
+    fn depthwise_line<L: Lanes>(
+        &self,
+        lanes: L,
+        (layout, rows, out, from_output): (&Layout, &Rows, &mut [f32], bool),
+    ) {
         let c = layout.c;
         let w = out.len() / c;
         for ox in (0..w).step_by(PIXELS) {
@@ -148,10 +173,15 @@ impl Direct {
             while at < c {
                 let pixels = Pixels { ox, at, count };
                 let args = (layout, rows, &mut *out, pixels, from_output);
-                at += match c - at {
-                    16.. => self.depthwise_block::<f32x8, 2>(args, edge),
-                    8.. => self.depthwise_block::<f32x8, 1>(args, edge),
-                    _ => self.depthwise_block::<f32, 1>(args, edge),
+                let left = c - at;
+                at += if left >= 2 * L::N {
+                    self.depthwise_block::<L, 2>(lanes, args, edge)
+                } else if left >= L::N {
+                    self.depthwise_block::<L, 1>(lanes, args, edge)
+                } else if left >= Eight::N {
+                    self.depthwise_block::<Eight, 1>(Eight, args, edge)
+                } else {
+                    self.depthwise_block::<One, 1>(One, args, edge)
                 };
             }
         }
@@ -159,15 +189,16 @@ impl Direct {
 
     /// [`Self::depthwise_pixels`] with or without the checks for the edges.
     #[inline(always)]
-    fn depthwise_block<V: Lanes, const B: usize>(
+    fn depthwise_block<L: Lanes, const B: usize>(
         &self,
+        lanes: L,
         (layout, rows, out, pixels, from_output): (&Layout, &Rows, &mut [f32], Pixels, bool),
         edge: bool,
     ) -> usize {
         if edge {
-            self.depthwise_pixels::<V, B, true>(layout, rows, out, pixels, from_output)
+            self.depthwise_pixels::<L, B, true>(lanes, layout, rows, out, pixels, from_output)
         } else {
-            self.depthwise_pixels::<V, B, false>(layout, rows, out, pixels, from_output)
+            self.depthwise_pixels::<L, B, false>(lanes, layout, rows, out, pixels, from_output)
         }
     }
 
@@ -176,8 +207,9 @@ impl Direct {
     /// weight is loaded once for all of them. With `EDGE`, taps on the padding (or past the
     /// line, for pixels beyond `count`) are skipped; without, every window lies inside.
     #[inline(always)]
-    fn depthwise_pixels<V: Lanes, const B: usize, const EDGE: bool>(
+    fn depthwise_pixels<L: Lanes, const B: usize, const EDGE: bool>(
         &self,
+        lanes: L,
         layout: &Layout,
         rows: &Rows,
         out: &mut [f32],
@@ -187,11 +219,11 @@ impl Direct {
         let (c, kw) = (layout.c, layout.kw);
         let width = layout.line / c;
         let out = &mut out[ox * c + at..];
-        let mut acc = [[V::zero(); B]; PIXELS];
+        let mut acc = [[lanes.zero(); B]; PIXELS];
         if from_output {
             for (p, acc) in acc.iter_mut().enumerate().take(count) {
                 for (b, acc) in acc.iter_mut().enumerate() {
-                    *acc = V::load(&out[p * c + b * V::N..]);
+                    *acc = lanes.load(&out[p * c + b * L::N..]);
                 }
             }
         }
@@ -205,7 +237,7 @@ impl Direct {
             let ahead = column(PIXELS * PREFETCH_GROUPS, 0) - layout.before;
             for &(_, line) in rows {
                 for i in (0..PIXELS * layout.stride).filter(|&i| ahead + i < width) {
-                    for b in (0..B * V::N).step_by(CACHE_LINE) {
+                    for b in (0..B * L::N).step_by(CACHE_LINE) {
                         matmul::prefetch(&line[(ahead + i) * c + at + b..]);
                     }
                 }
@@ -214,7 +246,7 @@ impl Direct {
         for &(ky, line) in rows {
             for kx in 0..kw {
                 let tap = &self.weight[(ky * kw + kx) * c + at..];
-                let k: [V; B] = std::array::from_fn(|b| V::load(&tap[b * V::N..]));
+                let k: [L::V; B] = std::array::from_fn(|b| lanes.load(&tap[b * L::N..]));
                 for (p, acc) in acc.iter_mut().enumerate() {
                     let ix = column(p, kx).wrapping_sub(layout.before);
                     if EDGE && ix >= width {
@@ -222,29 +254,35 @@ impl Direct {
                     }
                     let x = &line[ix * c + at..];
                     for (b, acc) in acc.iter_mut().enumerate() {
-                        *acc = V::load(&x[b * V::N..]).mul_add(k[b], *acc);
+                        *acc = lanes.mul_add(lanes.load(&x[b * L::N..]), k[b], *acc);
                     }
                 }
             }
         }
         for (p, acc) in acc.iter().enumerate().take(count) {
             for (b, acc) in acc.iter().enumerate() {
-                acc.store(&mut out[p * c + b * V::N..]);
+                lanes.store(*acc, &mut out[p * c + b * L::N..]);
             }
         }
-        B * V::N
+        B * L::N
     }
 
     /// Up to [`PIXELS`] adjacent output pixels, as many as `out` holds.
     #[inline(always)]
-    fn pixels(&self, out: &mut [f32], span: &Span, from_output: bool) {
+    fn pixels<L: Lanes>(&self, lanes: L, out: &mut [f32], span: &Span, from_output: bool) {
         for g in 0..self.groups {
             let mut at = 0;
             while at < self.cog {
-                at += match self.cog - at {
-                    16.. => self.grouped_span::<f32x8, 2>(out, g, at, span, from_output),
-                    8.. => self.grouped_span::<f32x8, 1>(out, g, at, span, from_output),
-                    _ => self.grouped_span::<f32, 1>(out, g, at, span, from_output),
+                let args = (&mut *out, g, at, span, from_output);
+                let left = self.cog - at;
+                at += if left >= 2 * L::N {
+                    self.grouped_span::<L, 2>(lanes, args)
+                } else if left >= L::N {
+                    self.grouped_span::<L, 1>(lanes, args)
+                } else if left >= Eight::N {
+                    self.grouped_span::<Eight, 1>(Eight, args)
+                } else {
+                    self.grouped_span::<One, 1>(One, args)
                 };
             }
         }
@@ -254,38 +292,45 @@ impl Direct {
     /// [`PIXELS`] output pixels, as many as `out` holds (the span reads [`PIXELS`]; see
     /// [`Self::depthwise_pixels`]). Returns how many channels.
     #[inline(always)]
-    fn grouped_span<V: Lanes, const B: usize>(
+    fn grouped_span<L: Lanes, const B: usize>(
         &self,
-        out: &mut [f32],
-        g: usize,
-        at: usize,
-        span: &Span,
-        from_output: bool,
+        lanes: L,
+        (out, g, at, span, from_output): (&mut [f32], usize, usize, &Span, bool),
     ) -> usize {
         let (cig, cog) = (self.cig, self.cog);
         let (cin, cout) = (cig * self.groups, cog * self.groups);
         let count = out.len() / cout;
         let out = &mut out[g * cog + at..];
-        let mut acc = [[V::zero(); B]; PIXELS];
+        let mut acc = [[lanes.zero(); B]; PIXELS];
         if from_output {
             for (p, acc) in acc.iter_mut().enumerate().take(count) {
                 for (b, acc) in acc.iter_mut().enumerate() {
-                    *acc = V::load(&out[p * cout + b * V::N..]);
+                    *acc = lanes.load(&out[p * cout + b * L::N..]);
                 }
             }
         }
+        // A dense convolution without dilation reads a kernel row's taps from adjacent
+        // columns, and its weights for them lie one after the other too: one run of
+        // `kw · cin` values per kernel row instead of `kw` runs of `cin` (the 3-channel stems
+        // spent most of their time between runs of 3).
+        let (runs, taps) = if self.groups == 1 && span.dilation == 1 {
+            (1, span.kw)
+        } else {
+            (span.kw, 1)
+        };
         for &(ky, line) in span.rows {
-            for kx in 0..span.kw {
+            for kx in (0..runs).map(|run| run * taps) {
                 let tap = ky * span.kw + kx;
-                let weights = &self.weight[(tap * cin + g * cig) * cog..][..cig * cog];
-                let inputs: [&[f32]; PIXELS] =
-                    std::array::from_fn(|p| &line[span.column(p, kx) * cin + g * cig..][..cig]);
+                let weights = &self.weight[(tap * cin + g * cig) * cog..][..taps * cig * cog];
+                let inputs: [&[f32]; PIXELS] = std::array::from_fn(|p| {
+                    &line[span.column(p, kx) * cin + g * cig..][..taps * cig]
+                });
                 for (ci, row) in weights.chunks_exact(cog).enumerate() {
-                    let k: [V; B] = std::array::from_fn(|b| V::load(&row[at + b * V::N..]));
+                    let k: [L::V; B] = std::array::from_fn(|b| lanes.load(&row[at + b * L::N..]));
                     for (acc, input) in acc.iter_mut().zip(&inputs) {
-                        let v = V::splat(input[ci]);
+                        let v = lanes.splat(input[ci]);
                         for (acc, k) in acc.iter_mut().zip(k) {
-                            *acc = v.mul_add(k, *acc);
+                            *acc = lanes.mul_add(v, k, *acc);
                         }
                     }
                 }
@@ -293,10 +338,32 @@ impl Direct {
         }
         for (p, acc) in acc.iter().enumerate().take(count) {
             for (b, acc) in acc.iter().enumerate() {
-                acc.store(&mut out[p * cout + b * V::N..]);
+                lanes.store(*acc, &mut out[p * cout + b * L::N..]);
             }
         }
-        B * V::N
+        B * L::N
+    }
+}
+
+/// One output line of [`Direct::line`], as work for [`Widest::run`].
+struct Line<'a> {
+    direct: &'a Direct,
+    layout: &'a Layout,
+    rows: &'a Rows<'a>,
+    out: &'a mut [f32],
+    from_output: bool,
+}
+
+impl Work for Line<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let args = (self.layout, self.rows, self.out, self.from_output);
+        if self.direct.is_depthwise() {
+            self.direct.depthwise_line(lanes, args);
+        } else {
+            self.direct.grouped_line(lanes, args);
+        }
     }
 }
 

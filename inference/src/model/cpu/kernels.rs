@@ -489,6 +489,16 @@ impl Conv {
         }
     }
 
+    /// The same convolution, its direct loops (if any) run with `widest` vectors at most.
+    #[cfg(test)]
+    pub(super) fn with_widest(self, widest: super::lanes::Widest) -> Self {
+        let method = match self.method {
+            Method::Direct(direct) => Method::Direct(direct.with_widest(widest)),
+            other => other,
+        };
+        Self { method, ..self }
+    }
+
     /// The direct loops of a depthwise convolution: `None` for any other.
     pub(super) fn depthwise(&self) -> Option<&Direct> {
         match &self.method {

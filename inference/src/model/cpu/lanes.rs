@@ -1,5 +1,6 @@
-//! Eight-lane vectors for the engine's own loops, as `wide`'s `f32x8` (one AVX instruction
-//! per operation where the build targets AVX, as it does: `.cargo/config.toml`).
+//! Vectors for the engine's own loops: `wide`'s `f32x8` (one AVX instruction per operation
+//! where the build targets AVX, as it does: `.cargo/config.toml`), and on CPUs that have
+//! AVX-512 sixteen-lane vectors through `pulp`, chosen at run time ([`Widest`]).
 //!
 //! Most loops here are plain Rust the compiler vectorises. These are where it did not do well:
 //! - the direct convolutions' register blocks: given arrays of eight sums per pixel, it mixed
@@ -9,70 +10,184 @@
 //!   whole epilogue up (EfficientNet-B0 spends a fifth of its time there). The approximate
 //!   reciprocal instruction plus one Newton step gives the same quotient within 3e-7
 //!   relative, which safe scalar Rust cannot express.
+//!
+//! Why AVX-512 at run time rather than in the build: the binaries target x86-64-v3 so that
+//! they run on every current x86 server, and on the Intel Xeons that have AVX-512 (two
+//! 512-bit multiply-add units per core) ONNX Runtime's kernels use it, doing twice our work
+//! per instruction. `pulp` (the crate `gemm` dispatches with) checks the CPU once and
+//! compiles a loop for AVX-512 inside a function that only runs where it is present; its
+//! token ([`pulp::x86::V4`]) can only be made there, so the sixteen-lane loops cannot run
+//! anywhere else, and this crate stays free of `unsafe`.
+
+use std::sync::LazyLock;
 
 use matmul::multiply_add;
 pub use wide::f32x8;
 
 use crate::model::graph::EXP_PARTS;
 
-/// Values computed together: eight in an AVX register, or one (the channels left over).
+/// A vector width the direct loops run at, as a value that performs the operations: lanes
+/// of one (the channels left over), eight (AVX) or sixteen (AVX-512, made only where the CPU
+/// has it). Every method is `#[inline(always)]`, so that the loops using them are compiled
+/// for the instruction set of the function they are inlined into ([`Widest::run`]).
 pub trait Lanes: Copy {
+    /// The vector.
+    type V: Copy;
+    /// Values per vector.
     const N: usize;
-    fn zero() -> Self;
+    fn zero(self) -> Self::V;
     /// `value` in every lane.
-    fn splat(value: f32) -> Self;
+    fn splat(self, value: f32) -> Self::V;
     /// The first `N` values of `values`.
-    fn load(values: &[f32]) -> Self;
-    fn store(self, values: &mut [f32]);
-    /// `self · k + acc`.
-    fn mul_add(self, k: Self, acc: Self) -> Self;
+    fn load(self, values: &[f32]) -> Self::V;
+    /// Into the first `N` values of `values`.
+    fn store(self, v: Self::V, values: &mut [f32]);
+    /// `a · k + acc`.
+    fn mul_add(self, a: Self::V, k: Self::V, acc: Self::V) -> Self::V;
 }
 
-impl Lanes for f32x8 {
-    const N: usize = 8;
-    #[inline(always)]
-    fn zero() -> Self {
-        f32x8::ZERO
-    }
-    #[inline(always)]
-    fn splat(value: f32) -> Self {
-        f32x8::splat(value)
-    }
-    #[inline(always)]
-    fn load(values: &[f32]) -> Self {
-        f32x8::new(*values.first_chunk().expect("eight values"))
-    }
-    #[inline(always)]
-    fn store(self, values: &mut [f32]) {
-        *values.first_chunk_mut().expect("room for eight") = self.to_array();
-    }
-    #[inline(always)]
-    fn mul_add(self, k: Self, acc: Self) -> Self {
-        f32x8::mul_add(self, k, acc)
-    }
-}
+/// One value at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct One;
 
-impl Lanes for f32 {
+/// Eight values in an AVX register.
+#[derive(Clone, Copy, Debug)]
+pub struct Eight;
+
+/// Sixteen values in an AVX-512 register; holds the proof that the CPU has AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub struct Sixteen(pulp::x86::V4);
+
+impl Lanes for One {
+    type V = f32;
     const N: usize = 1;
     #[inline(always)]
-    fn zero() -> Self {
+    fn zero(self) -> f32 {
         0.0
     }
     #[inline(always)]
-    fn splat(value: f32) -> Self {
+    fn splat(self, value: f32) -> f32 {
         value
     }
     #[inline(always)]
-    fn load(values: &[f32]) -> Self {
+    fn load(self, values: &[f32]) -> f32 {
         values[0]
     }
     #[inline(always)]
-    fn store(self, values: &mut [f32]) {
-        values[0] = self;
+    fn store(self, v: f32, values: &mut [f32]) {
+        values[0] = v;
     }
     #[inline(always)]
-    fn mul_add(self, k: Self, acc: Self) -> Self {
-        multiply_add(self, k, acc)
+    fn mul_add(self, a: f32, k: f32, acc: f32) -> f32 {
+        multiply_add(a, k, acc)
+    }
+}
+
+impl Lanes for Eight {
+    type V = f32x8;
+    const N: usize = 8;
+    #[inline(always)]
+    fn zero(self) -> f32x8 {
+        f32x8::ZERO
+    }
+    #[inline(always)]
+    fn splat(self, value: f32) -> f32x8 {
+        f32x8::splat(value)
+    }
+    #[inline(always)]
+    fn load(self, values: &[f32]) -> f32x8 {
+        f32x8::new(*values.first_chunk().expect("eight values"))
+    }
+    #[inline(always)]
+    fn store(self, v: f32x8, values: &mut [f32]) {
+        *values.first_chunk_mut().expect("room for eight") = v.to_array();
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f32x8, k: f32x8, acc: f32x8) -> f32x8 {
+        a.mul_add(k, acc)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Sixteen {
+    type V = pulp::f32x16;
+    const N: usize = 16;
+    #[inline(always)]
+    fn zero(self) -> pulp::f32x16 {
+        self.splat(0.0)
+    }
+    #[inline(always)]
+    fn splat(self, value: f32) -> pulp::f32x16 {
+        pulp::Simd::splat_f32s(self.0, value)
+    }
+    #[inline(always)]
+    fn load(self, values: &[f32]) -> pulp::f32x16 {
+        let values: [f32; 16] = *values.first_chunk().expect("sixteen values");
+        pulp::cast(values)
+    }
+    #[inline(always)]
+    fn store(self, v: pulp::f32x16, values: &mut [f32]) {
+        *values.first_chunk_mut::<16>().expect("room for sixteen") = pulp::cast(v);
+    }
+    #[inline(always)]
+    fn mul_add(self, a: pulp::f32x16, k: pulp::f32x16, acc: pulp::f32x16) -> pulp::f32x16 {
+        pulp::Simd::mul_add_f32s(self.0, a, k, acc)
+    }
+}
+
+/// Work written once for any [`Lanes`] and run at the widest width the CPU has. `run` must
+/// be `#[inline(always)]`, and so must everything it calls down to its loops: only code
+/// inlined into [`Widest::run`]'s AVX-512 function is compiled for AVX-512.
+pub trait Work {
+    type Output;
+    fn run<L: Lanes>(self, lanes: L) -> Self::Output;
+}
+
+/// The widest vectors the direct loops use on this CPU.
+#[derive(Clone, Copy, Debug)]
+pub enum Widest {
+    Eight,
+    #[cfg(target_arch = "x86_64")]
+    Sixteen(pulp::x86::V4),
+}
+
+/// What this CPU has, checked once.
+static DETECTED: LazyLock<Widest> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V4::try_new() {
+        return Widest::Sixteen(simd);
+    }
+    Widest::Eight
+});
+
+impl Widest {
+    /// The widest this CPU has.
+    pub fn detect() -> Self {
+        *DETECTED
+    }
+
+    /// Runs `work` with these vectors, compiled for AVX-512 when they are sixteen wide.
+    #[inline(always)]
+    pub fn run<W: Work>(self, work: W) -> W::Output {
+        match self {
+            Widest::Eight => work.run(Eight),
+            #[cfg(target_arch = "x86_64")]
+            Widest::Sixteen(simd) => pulp::Simd::vectorize(simd, AtSixteen(work, Sixteen(simd))),
+        }
+    }
+}
+
+/// `work` as `pulp` runs it inside its AVX-512 function.
+#[cfg(target_arch = "x86_64")]
+struct AtSixteen<W>(W, Sixteen);
+
+#[cfg(target_arch = "x86_64")]
+impl<W: Work> pulp::WithSimd for AtSixteen<W> {
+    type Output = W::Output;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> W::Output {
+        self.0.run(self.1)
     }
 }
 

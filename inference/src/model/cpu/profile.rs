@@ -2,9 +2,10 @@
 //! --profile` (ONNX Runtime's side of the same file, node by node: `bench_ort.py --profile`).
 //!
 //! Off unless switched on, and then a kernel costs one relaxed load of a flag. When on, each
-//! kernel's wall time is added up under its name. A pass runs its kernels one after another
-//! (each kernel sharing its own work between the cores), so the kernels' times add up to the
-//! pass, less what the scheduling between them costs.
+//! kernel's wall time is added up under its name. A batch runs as one part per thread, all
+//! at once, each part's kernels one after another (`Plan::forward`): at batch 1 the kernels'
+//! times add up to the pass, less what the scheduling between them costs; at batch 8 on two
+//! threads to about twice the pass, each kernel timed while the other part runs beside it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ pub struct KernelTime {
     /// The output's shape, `[n, c, h, w]` or `[n, features]`.
     pub output: String,
     pub total: Duration,
-    /// Runs (one per pass, or per slice of a pass over more than 8 images).
+    /// Runs (one per part of a pass: see `Plan::forward`).
     pub calls: u64,
 }
 

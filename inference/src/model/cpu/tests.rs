@@ -7,8 +7,9 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::buffers;
-use super::chain::{Blocks, Chain};
+use super::chain::{Blocks, Chain, Shortcut};
 use super::kernels::{self, Algorithm, Conv, Epilogue, Map, PoolKind, Window};
+use super::lanes::Widest;
 use crate::model::graph::Activation;
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
@@ -108,14 +109,18 @@ fn check_conv(case: &ConvCase, epilogue: Epilogue, algorithm: Algorithm, what: &
         dilation: case.dilation,
         ceil: false,
     };
-    let mut conv = Conv::new(&w, case.weight, case.groups, Some(&b), window, algorithm);
-    conv.epilogue = epilogue;
-    stale_spares();
-    let residual = epilogue.residual.then_some(shortcut);
-    let ours = conv
-        .run(&Map::from_nchw(&x, case.input), residual)
-        .expect("conv runs");
-    assert_close(&ours, &expected, what);
+    // The direct loops at the widest vectors this CPU has, and at eight lanes.
+    for widest in [Widest::detect(), Widest::Eight] {
+        let mut conv = Conv::new(&w, case.weight, case.groups, Some(&b), window, algorithm)
+            .with_widest(widest);
+        conv.epilogue = epilogue;
+        stale_spares();
+        let residual = epilogue.residual.then(|| shortcut.clone());
+        let ours = conv
+            .run(&Map::from_nchw(&x, case.input), residual)
+            .expect("conv runs");
+        assert_close(&ours, &expected, &format!("{what} {widest:?}"));
+    }
 }
 
 /// Spare buffers full of NaN, which the next maps' buffers (input and output) are taken
@@ -198,6 +203,9 @@ fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
         // A dense convolution over three channels (an RGB stem) is computed directly too.
         ("rgb stem", [2, 3, 17, 17], [21, 3, 3, 3], 1, [2, 2], [(1, 1), (1, 1)], [1, 1]),
         ("rgb dilated", [1, 2, 11, 11], [16, 2, 3, 3], 1, [1, 1], [(1, 0), (0, 1)], [2, 1]),
+        // Output channels for two 16-lane blocks and more, over three channels and in groups.
+        ("rgb stem wide", [1, 3, 9, 10], [40, 3, 3, 3], 1, [2, 2], [(1, 1), (1, 1)], [1, 1]),
+        ("wide groups", [1, 4, 6, 6], [72, 2, 3, 3], 2, [1, 1], [(1, 1), (1, 1)], [1, 1]),
     ];
     let activations = [
         None,
@@ -232,6 +240,65 @@ fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
             }
         }
     }
+}
+
+/// Times the direct loops at each vector width on MobileNet-sized maps (fastest of 20 runs):
+/// `cargo test --release --workspace --lib -- --ignored --nocapture time_direct_loops`.
+#[test]
+#[ignore]
+fn time_direct_loops_at_each_width() {
+    #[rustfmt::skip]
+    let cases = [
+        ("depthwise 3x3 72 ch 56x56 b8", [8, 72, 56, 56], [72, 1, 3, 3], 72, 1),
+        ("depthwise 5x5/2 72 ch 56x56 b8", [8, 72, 56, 56], [72, 1, 5, 5], 72, 2),
+        ("depthwise 3x3 240 ch 14x14 b8", [8, 240, 14, 14], [240, 1, 3, 3], 240, 1),
+        ("stem 3->16 3x3/2 224x224 b1", [1, 3, 224, 224], [16, 3, 3, 3], 1, 2),
+        ("stem 3->32 3x3/2 224x224 b8", [8, 3, 224, 224], [32, 3, 3, 3], 1, 2),
+    ];
+    for (name, input, weight, groups, stride) in cases {
+        let x = Map::from_nchw(&random(input.iter().product(), 1), input);
+        let w = random(weight.iter().product(), 2);
+        let pad = weight[2] / 2;
+        let window = Window {
+            kernel: [weight[2], weight[3]],
+            stride: [stride; 2],
+            padding: [(pad, pad); 2],
+            dilation: [1, 1],
+            ceil: false,
+        };
+        for widest in [Widest::detect(), Widest::Eight] {
+            let conv = Conv::new(&w, weight, groups, None, window, Algorithm::Winograd)
+                .with_widest(widest);
+            let fastest = (0..20)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    let out = conv.run(&x, None).expect("conv runs");
+                    let took = start.elapsed();
+                    buffers::recycle(out.data);
+                    took
+                })
+                .min()
+                .expect("runs");
+            let widest = format!("{widest:?}");
+            let lanes = widest.split('(').next().unwrap_or_default();
+            println!("{name:34} {lanes:8} {:8.3} ms", fastest.as_secs_f64() * 1e3);
+        }
+    }
+}
+
+#[test]
+fn a_batch_is_shared_by_the_threads_in_parts_of_at_most_eight_images() {
+    use super::slice_images;
+    assert_eq!(slice_images(1, 2), 1);
+    assert_eq!(slice_images(3, 2), 2, "parts of 2 and 1");
+    assert_eq!(slice_images(8, 2), 4);
+    assert_eq!(
+        slice_images(64, 2),
+        8,
+        "eight at most: more fall out of cache"
+    );
+    assert_eq!(slice_images(5, 1), 5, "one thread: one part");
+    assert_eq!(slice_images(8, 0), 8);
 }
 
 #[test]
@@ -538,11 +605,23 @@ fn chained_convolutions_match_them_run_apart() {
             None => middle.clone(),
         };
         stale_spares();
+        let keeps_shape = residual && project.is_some() && (x.c, x.h) == (cout, middle.h);
         let chain = Chain::new(expand, depthwise(), project).expect("they fit");
         let plan = Blocks::new(&chain, (x.n, x.w), (middle.h, middle.w), 2);
         assert_eq!(plan.is_some(), blocks, "{what}: {plan:?}");
-        let chained = (pool.install(|| chain.run(&x, shortcut))).expect("the chain runs");
-        assert_close(&chained, &apart, &format!("chained {what}"));
+        let chained = pool.install(|| chain.run(&x, shortcut.map(Shortcut::Owned)));
+        assert_close(
+            &chained.expect("the chain runs"),
+            &apart,
+            &format!("chained {what}"),
+        );
+        // A block that keeps its shape adds its input back in, copied a block at a time.
+        if keeps_shape {
+            let own = pool.install(|| chain.run(&x, Some(Shortcut::Owned(x.clone()))));
+            let input = pool.install(|| chain.run(&x, Some(Shortcut::Input)));
+            let what = format!("{what}, the input as its shortcut");
+            assert_close(&input.expect("runs"), &own.expect("runs"), &what);
+        }
     }
 }
 
