@@ -33,6 +33,8 @@ use kernels::{Algorithm, Conv, Epilogue, Map, PoolKind, Vectors, Window};
 pub struct Plan {
     steps: Vec<Kernel>,
     schedule: Schedule,
+    /// Whether a batch runs as one part per thread (see [`slice_images`]).
+    parts_per_thread: bool,
 }
 
 /// One native operation and where its operands live.
@@ -118,9 +120,11 @@ impl Plan {
             .collect::<Result<Vec<_>, _>>()?;
         let kernels = chain(fuse(kernels, slots, output_slot), slots, output_slot);
         let schedule = Schedule::new(&kernels, input_slot, output_slot, slots);
+        let weights: usize = steps.iter().map(weight_values).sum();
         Ok(Self {
             steps: kernels,
             schedule,
+            parts_per_thread: weights * size_of::<f32>() <= PARTS_MAX_WEIGHT_BYTES,
         })
     }
 
@@ -144,7 +148,10 @@ impl Plan {
         input: &[f32],
         [n, c, h, w]: [usize; 4],
     ) -> Result<(Vec<f32>, usize), GraphError> {
-        let slice = slice_images(n, rayon::current_num_threads());
+        let slice = match self.parts_per_thread {
+            true => slice_images(n, rayon::current_num_threads()),
+            false => SLICE_IMAGES,
+        };
         let parts: Vec<_> = input
             .par_chunks(slice * c * h * w)
             .map(|images| {
@@ -192,16 +199,34 @@ impl Plan {
 const SLICE_IMAGES: usize = 8;
 
 /// Images per part when a batch of `n` is shared by `threads`: one part per thread (at most
-/// [`SLICE_IMAGES`]), all run at once, each part's layers one after another.
+/// [`SLICE_IMAGES`]), all run at once, each part's layers one after another. For networks of
+/// up to [`PARTS_MAX_WEIGHT_BYTES`].
 ///
 /// Why the batch, not only each layer, is shared: a layer shared by the threads ends with
 /// them waiting for each other, and a MobileNet pass has 60 such layers of a millisecond or
 /// less, so two threads ran a batch of 8 only 1.2× faster than one (ONNX Runtime: 1.5×).
 /// With a part per thread they run apart; a layer's own tasks still go to whichever thread is
 /// idle, so a short part does not leave a core unused. MobileNetV2/V3 and EfficientNet-Lite0
-/// at batch 8: 15–20 % more images per second; ResNet50 the same (docs/PERFORMANCE.md).
+/// at batch 8: 15–20 % more images per second, SqueezeNet and DenseNet121 more too
+/// (docs/PERFORMANCE.md).
 fn slice_images(n: usize, threads: usize) -> usize {
     n.div_ceil(threads.max(1)).clamp(1, SLICE_IMAGES)
+}
+
+/// Networks with more weights than this run a batch's layers one after another, shared by the
+/// threads, instead of a part per thread: parts at once each read every weight, and VGG11's
+/// 507 MB (fully connected layers of 411 MB, read at memory speed) ran slower in parts
+/// (batch 8 median 546–645 ms against 498–527), ResNet50's 98 MB the same either way, while
+/// DenseNet121's 32 MB and smaller networks gained (docs/PERFORMANCE.md).
+const PARTS_MAX_WEIGHT_BYTES: usize = 64 << 20;
+
+/// How many weight values a step multiplies by.
+fn weight_values(step: &Step) -> usize {
+    match &step.op {
+        Op::Conv { weight, .. } => weight.shape().num_elements(),
+        Op::Linear { weight, .. } => weight.shape().num_elements(),
+        _ => 0,
+    }
 }
 
 impl Kernel {
