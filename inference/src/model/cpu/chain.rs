@@ -266,7 +266,8 @@ impl Run<'_> {
                 dst.copy_from_slice(&shortcut.data[(image * h + oy) * w * cout..][..dst.len()]);
             }
             if let Some(expand) = &self.chain.expand {
-                let needed = self.input_lines(oy..oy + count);
+                let window = self.chain.depthwise.window();
+                let needed = window.input_span(0, oy..oy + count, self.x.h);
                 held = self.expand(expand, image, held, needed, &mut expanded);
             }
             let line = self.x.w * mid;
@@ -309,15 +310,6 @@ impl Run<'_> {
         }
         EXPANDED.set(expanded);
         MIDDLE.set(middle);
-    }
-
-    /// The input lines the depthwise windows of output lines `outputs` read.
-    fn input_lines(&self, outputs: Range<usize>) -> Range<usize> {
-        let window = self.chain.depthwise.window();
-        let reach = (window.kernel[0] - 1) * window.dilation[0] + 1;
-        let start = |oy: usize| (oy * window.stride[0]).saturating_sub(window.padding[0].0);
-        let end = (outputs.end - 1) * window.stride[0] + reach;
-        start(outputs.start)..end.saturating_sub(window.padding[0].0).min(self.x.h)
     }
 
     /// Makes `buffer` hold the expanded input lines `needed` of `image`, from its start, when

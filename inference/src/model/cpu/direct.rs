@@ -408,7 +408,7 @@ impl Layout {
     pub(super) fn new(window: &Window, width: usize, channels: usize, outputs: usize) -> Self {
         let [stride, dilation, kw] = [window.stride[1], window.dilation[1], window.kernel[1]];
         let before = window.padding[1].0;
-        let reach = (kw - 1) * dilation + 1;
+        let reach = window.reach(1);
         let first = before.div_ceil(stride).min(outputs);
         // The last window inside ends at `ox·stride − before + reach − 1 ≤ width − 1`.
         let end = (width + before)

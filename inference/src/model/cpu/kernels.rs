@@ -7,6 +7,7 @@
 //! still there: no layout conversions, no full-size im2col matrix, no extra passes.
 
 use std::cell::Cell;
+use std::ops::Range;
 
 use matmul::{Accumulate, Shape};
 use rayon::prelude::*;
@@ -109,7 +110,7 @@ impl Window {
     }
 
     fn output_along(&self, axis: usize, size: usize) -> Result<usize, String> {
-        let span = (self.kernel[axis] - 1) * self.dilation[axis] + 1;
+        let span = self.reach(axis);
         let (begin, end) = self.padding[axis];
         let padded = size + begin + end;
         if padded < span {
@@ -144,6 +145,24 @@ impl Window {
             [dy, dx] => format!(" d{dy}x{dx}"),
         };
         format!("{kh}x{kw}/{stride}{dilation}")
+    }
+
+    /// How many input positions one window spans along `axis`, first tap to last.
+    pub(super) fn reach(&self, axis: usize) -> usize {
+        (self.kernel[axis] - 1) * self.dilation[axis] + 1
+    }
+
+    /// The input positions (of `size` along `axis`) that the windows of output positions
+    /// `outputs` read, padding left out.
+    pub(super) fn input_span(
+        &self,
+        axis: usize,
+        outputs: Range<usize>,
+        size: usize,
+    ) -> Range<usize> {
+        let first = self.start(axis, outputs.start).max(0) as usize;
+        let end = self.start(axis, outputs.end - 1) + self.reach(axis) as isize;
+        first..(end.clamp(0, size as isize) as usize).max(first)
     }
 
     /// The input coordinate under the first tap for output position `out` along `axis`
@@ -887,6 +906,50 @@ mod tests {
         // 1×1 on 56×56 at batch 1: 256-row blocks, 13 rounded up to 14.
         assert_eq!(Tiles::new(3136, 64, 2), Tiles::Rows(224));
         assert_eq!(Tiles::new(3136, 64, 1), Tiles::Rows(242));
+    }
+
+    #[test]
+    fn the_input_span_of_a_run_of_outputs_covers_what_their_taps_read() {
+        for (kernel, stride, padding, dilation) in [
+            (3, 1, (1, 1), 1),
+            (5, 2, (2, 2), 1),
+            (3, 2, (0, 1), 1),
+            (3, 1, (2, 2), 2),
+        ] {
+            let window = Window {
+                kernel: [kernel; 2],
+                stride: [stride; 2],
+                padding: [padding; 2],
+                dilation: [dilation; 2],
+                ceil: false,
+            };
+            for size in 1..12 {
+                let Ok((outputs, _)) = window.output(size, size) else {
+                    continue;
+                };
+                for first in 0..outputs {
+                    for end in first + 1..=outputs {
+                        let read: Vec<usize> = (first..end)
+                            .flat_map(|out| window.taps(0, out, size).flatten())
+                            .collect();
+                        let span = window.input_span(0, first..end, size);
+                        let what = format!("{window:?} size {size} outputs {first}..{end}");
+                        match (read.iter().min(), read.iter().max()) {
+                            // Exactly the lines read; with dilation, perhaps also lines in
+                            // the gaps between taps at either end (never past the input).
+                            (Some(&lo), Some(&hi)) if dilation == 1 => {
+                                assert_eq!(span, lo..hi + 1, "{what}");
+                            }
+                            (Some(&lo), Some(&hi)) => {
+                                assert!(span.contains(&lo) && span.contains(&hi), "{what}");
+                                assert!(span.end <= size, "{what}");
+                            }
+                            _ => assert!(span.is_empty(), "{what}"),
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -770,7 +770,11 @@ fn a_profile_times_each_kernel_of_the_passes_run_while_it_is_on() {
         ),
     ];
     let schedule = Schedule::new(&steps, 0, 2, 3);
-    let plan = Plan { steps, schedule };
+    let plan = Plan {
+        steps,
+        schedule,
+        parts_per_thread: true,
+    };
     let input = random(8 * 9 * 9, 13);
     let pass = || plan.forward(&input, [1, 8, 9, 9]).expect("the plan runs");
     // Other tests run plans at the same time; only this test's kernels are looked at.
