@@ -170,15 +170,13 @@ fn few_rows(
         }
         sums
     };
-    let mut partials: Vec<Vec<f32>> = if tasks == 1 {
+    let partials: Vec<Vec<f32>> = if tasks == 1 {
         vec![partial(0)]
     } else {
         (0..k).into_par_iter().step_by(part).map(partial).collect()
     };
-    let first = partials.swap_remove(0);
-    match accumulate {
-        Accumulate::No => dst.copy_from_slice(&first),
-        Accumulate::Yes => dst.iter_mut().zip(&first).for_each(|(d, s)| *d += s),
+    if accumulate == Accumulate::No {
+        dst.fill(0.0);
     }
     for sums in partials {
         dst.iter_mut().zip(&sums).for_each(|(d, s)| *d += s);

@@ -59,10 +59,11 @@ impl DerefMut for Buffer {
     }
 }
 
-/// A copy in a buffer from the pool: a convolution whose shortcut is also its input (the
-/// residual blocks of MobileNet and EfficientNet) writes its sums over a copy of that input,
-/// and a fresh allocation per pass cost a page fault and a cleared page per 2 MiB (a third of
-/// MobileNetV3-Large's time at batch 8 went to `clear_page_erms` before).
+/// A copy in a buffer from the pool: a map still read by another step is copied before a
+/// kernel writes over it (a shortcut, an activation or batch norm in place), and a fresh
+/// allocation per pass cost a page fault and a cleared page per 2 MiB (in MobileNetV3-Large
+/// at batch 8, a quarter of the samples of a `perf` profile were `clear_page_erms` under such
+/// copies before).
 impl Clone for Buffer {
     fn clone(&self) -> Self {
         self.copy_from(&POOL)

@@ -40,8 +40,7 @@ pub enum Shortcut {
     /// The chain's own input (a MobileNet or EfficientNet block that keeps its shape): each
     /// block of output lines starts from a copy of the same input lines, which the block has
     /// just read and are still in cache. Copying the whole input first (it is still needed
-    /// as the input) cost a pass over memory: at batch 8, a third of MobileNetV3-Large's
-    /// first block.
+    /// as the input) cost a pass over memory of its own (docs/PERFORMANCE.md).
     Input,
 }
 

@@ -142,23 +142,23 @@ impl Plan {
     }
 
     /// The batch in parts of [`slice_images`] run at the same time, each part's layers one
-    /// after another.
+    /// after another; for a network of many weights, in slices of [`SLICE_IMAGES`] one after
+    /// another, each layer shared by the threads.
     fn forward_in_pool(
         &self,
         input: &[f32],
         [n, c, h, w]: [usize; 4],
     ) -> Result<(Vec<f32>, usize), GraphError> {
-        let slice = match self.parts_per_thread {
-            true => slice_images(n, rayon::current_num_threads()),
-            false => SLICE_IMAGES,
+        let run = |images: &[f32]| {
+            let count = images.len() / (c * h * w);
+            self.forward_slice(images, [count, c, h, w])
         };
-        let parts: Vec<_> = input
-            .par_chunks(slice * c * h * w)
-            .map(|images| {
-                let count = images.len() / (c * h * w);
-                self.forward_slice(images, [count, c, h, w])
-            })
-            .collect();
+        let parts: Vec<_> = if self.parts_per_thread {
+            let slice = slice_images(n, rayon::current_num_threads());
+            input.par_chunks(slice * c * h * w).map(run).collect()
+        } else {
+            input.chunks(SLICE_IMAGES * c * h * w).map(run).collect()
+        };
         let mut values = Vec::new();
         let mut outputs = 0;
         for part in parts {
