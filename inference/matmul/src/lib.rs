@@ -9,6 +9,8 @@
 use rayon::prelude::*;
 
 mod small;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 pub use small::{multiply_add, prefetch};
 
@@ -317,12 +319,26 @@ mod tests {
 
     #[test]
     fn short_inner_dimensions_match_the_textbook_product_and_accumulate() {
-        check_writes_and_accumulates(
-            &[(49, 96, 576), (13, 16, 72), (7, 3, 5), (30, 256, 17)],
-            &[1, 2],
-            7,
-            small::product,
-        );
+        // Column counts around the register blocks (16, 32, 48, 64 and past), rows around
+        // theirs (4, 6, 12), inner dimensions past one packed panel (128).
+        let shapes = [
+            (49, 96, 576),
+            (13, 16, 72),
+            (7, 3, 5),
+            (30, 256, 17),
+            (25, 300, 33),
+            (11, 129, 50),
+            (17, 40, 64),
+            (6, 8, 65),
+            (5, 7, 130),
+            (12, 20, 16),
+            (23, 5, 15),
+        ];
+        for registers in [small::Registers::Widest, small::Registers::Avx2] {
+            check_writes_and_accumulates(&shapes, &[1, 2], 7, |d, l, r, s, a, t| {
+                small::product_in(registers, d, l, r, s, a, t)
+            });
+        }
     }
 
     /// Times both paths on the 1×1 convolutions of MobileNetV3 and EfficientNet:
@@ -359,12 +375,23 @@ mod tests {
                 }
                 started.elapsed().as_secs_f64() * 1e6 / 200.0
             };
-            let threads = rayon::current_num_threads();
-            let small =
-                time(&mut |d| small::product(d, &lhs, &rhs, shape, Accumulate::No, threads));
-            let width = column_width(n, threads);
-            let gemm = time(&mut |d| by_gemm(d, &lhs, &rhs, shape, Accumulate::No, width));
-            eprintln!("{shape:?}: small {small:.1} µs, gemm {gemm:.1} µs");
+            for threads in [1, rayon::current_num_threads()] {
+                let [wide, avx2] = [small::Registers::Widest, small::Registers::Avx2].map(|r| {
+                    time(&mut |d| {
+                        small::product_in(r, d, &lhs, &rhs, shape, Accumulate::No, threads)
+                    })
+                });
+                let width = column_width(n, threads);
+                let gemm = time(&mut |d| by_gemm(d, &lhs, &rhs, shape, Accumulate::No, width));
+                let rate = |us: f64| 2.0 * (m * k * n) as f64 / us / 1e3;
+                eprintln!(
+                    "{m:5}x{k:5}x{n:5} threads {threads}: widest {wide:7.1} µs {:5.0} GFLOP/s, \
+                     avx2 {avx2:7.1} µs {:5.0}, gemm {gemm:7.1} µs {:5.0}",
+                    rate(wide),
+                    rate(avx2),
+                    rate(gemm)
+                );
+            }
         }
     }
 
