@@ -21,6 +21,7 @@ pub mod profile;
 mod winograd;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -138,7 +139,7 @@ impl Plan {
         // loop forks from inside the pool. Called from outside it, every loop was handed to
         // the pool and waited for through a lock: 64 000 context switches in 300 passes of
         // MobileNetV3-Small at batch 1 (6 800 this way), 4.9 → 3.4 ms per pass.
-        rayon::scope(|_| self.forward_in_pool(input, [n, c, h, w]))
+        with_threads_awake(|| self.forward_in_pool(input, [n, c, h, w]))
     }
 
     /// The batch in parts of [`slice_images`] run at the same time, each part's layers one
@@ -188,6 +189,57 @@ impl Plan {
             Value::Map(m) => Arc::unwrap_or_clone(m).flatten(),
         };
         Ok((vectors.data, vectors.f))
+    }
+}
+
+/// Runs `work` on one of the pool's threads while the others [`keep_busy`] until it returns
+/// (or panics).
+fn with_threads_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(|_| keep_busy(&done));
+        }
+        let _finished = Finished(&done);
+        work()
+    })
+}
+
+/// Keeps a worker thread looking for the pass's tasks until `done`, instead of letting it
+/// fall asleep between layers.
+///
+/// Why: a rayon worker that finds no task spins for a few dozen rounds and then sleeps, and
+/// at batch 1 most layers take 10–300 µs with a serial stretch in between (a squeeze-and-
+/// excitation block's tiny layers, the hand-over from one layer to the next), so the second
+/// thread was asleep when most layers forked. Woken, it started a few µs later on a core
+/// whose caches had gone cold in the meantime: the first layer of MobileNetV3-Large ran no
+/// faster on two threads than on one. ONNX Runtime's threads spin between operators the same
+/// way. The spinning ends with the pass; every 64 empty polls it lets the OS run other threads
+/// (the server's own, on a 2-core machine).
+fn keep_busy(done: &AtomicBool) {
+    let mut idle = 0u32;
+    while !done.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle = 0,
+            Some(rayon::Yield::Idle) | None => {
+                idle += 1;
+                if idle.is_multiple_of(64) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+}
+
+/// Sets its flag when dropped: when the pass returns, or unwinds from a panic, so that the
+/// [`keep_busy`] threads stop and the scope can end.
+struct Finished<'a>(&'a AtomicBool);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 

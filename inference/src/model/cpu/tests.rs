@@ -812,3 +812,23 @@ fn a_profile_times_each_kernel_of_the_passes_run_while_it_is_on() {
     );
     assert_eq!(ours(profile::take()), [], "taking the times clears them");
 }
+
+#[test]
+fn threads_kept_awake_run_the_work_and_stop_with_it_even_when_it_panics() {
+    use super::with_threads_awake;
+    use rayon::prelude::*;
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a pool");
+        let sum: u64 = pool.install(|| with_threads_awake(|| (0..10_000u64).into_par_iter().sum()));
+        assert_eq!(sum, 10_000 * 9_999 / 2, "{threads} threads");
+        // A panic in the pass ends it: the helpers stop and the panic reaches the caller
+        // instead of the scope waiting for them forever.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| with_threads_awake(|| panic!("a kernel failed")))
+        }));
+        assert!(outcome.is_err(), "{threads} threads");
+    }
+}
