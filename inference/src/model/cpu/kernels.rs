@@ -301,9 +301,16 @@ pub(super) const MIN_ROWS: usize = 48;
 /// More rows than this gives no better product and fewer blocks to share between threads.
 const MAX_ROWS: usize = 256;
 
-/// Dense convolutions over at most this many input channels (an RGB stem) are computed
-/// directly: their patch rows are too short for a matrix product to pay for gathering them.
+/// Dense convolutions over at most this many input channels (an RGB stem) whose patch rows
+/// hold at most [`DIRECT_MAX_PATCH`] values are computed directly: their patch rows are too
+/// short for a matrix product to pay for gathering them.
 const DIRECT_MAX_CIN: usize = 4;
+/// A 3×3 stem's patch rows (27 values) are too short for a product to pay; a 7×7 stem's (147:
+/// ResNet, SqueezeNet 1.0) are long enough. Measured on the Intel host, one thread, the
+/// fastest of 30 (docs/PERFORMANCE.md): 7×7/2 3→96 at batch 1 4.4 ms by patches against 6.3
+/// directly, at batch 4 17.3 against 25.4; 3→64 2.9 against 3.4; a 3×3/2 3→16 stem 0.35 ms
+/// directly against 0.66 by patches.
+const DIRECT_MAX_PATCH: usize = 64;
 
 /// Which way a convolution is computed, chosen once at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,7 +374,8 @@ impl Conv {
     /// Takes weights in ONNX/burn layout `[cout, cin / groups, kh, kw]`. `algorithm` Winograd
     /// applies only to ungrouped 3×3 stride-1 undilated windows over more than
     /// [`DIRECT_MAX_CIN`] channels; any other such window is computed by patches; grouped
-    /// ones, and dense ones over up to [`DIRECT_MAX_CIN`] channels, directly.
+    /// ones, and dense ones over up to [`DIRECT_MAX_CIN`] channels with patch rows of up to
+    /// [`DIRECT_MAX_PATCH`] values, directly.
     pub fn new(
         weight: &[f32],
         [cout, cin_per_group, kh, kw]: [usize; 4],
@@ -378,7 +386,10 @@ impl Conv {
     ) -> Self {
         let cin = cin_per_group * groups;
         let method = match algorithm {
-            _ if groups > 1 || cin_per_group <= DIRECT_MAX_CIN => {
+            _ if groups > 1
+                || (cin_per_group <= DIRECT_MAX_CIN
+                    && kh * kw * cin_per_group <= DIRECT_MAX_PATCH) =>
+            {
                 Method::Direct(Direct::new(weight, [cout, cin_per_group, kh, kw], groups))
             }
             Algorithm::Winograd if Algorithm::winograd_fits(&window) => {
