@@ -341,12 +341,14 @@ mod tests {
         }
     }
 
-    /// Times both paths on the 1×1 convolutions of MobileNetV3 and EfficientNet:
+    /// Times the paths on the 1×1 convolutions of MobileNetV3 and EfficientNet (and SqueezeNet's
+    /// classifier), on one thread and on the pool's:
     /// `cargo test --release -p matmul -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn time_small_products_and_gemm() {
         for (m, k, n) in [
+            (169, 512, 1000),
             (49, 96, 576),
             (49, 576, 96),
             (3136, 16, 72),
