@@ -3,8 +3,9 @@
 //! `gemm` is what burn's CPU backend multiplies with; its entry point takes raw pointers and
 //! strides. The inference crate forbids `unsafe`, so its CPU kernels call this one function,
 //! which checks every slice against the shapes before handing pointers to `gemm`. Shapes
-//! `gemm` handles badly (short inner dimensions, 1–4 rows) go through safe register-blocked
-//! loops here instead ([`small`], `few_rows`).
+//! `gemm` handles badly (short inner dimensions, 1–4 rows) go through register-blocked loops
+//! here instead: safe Rust ([`small`], `few_rows`), or AVX-512 intrinsics where the CPU has
+//! them (`wide`, whose slices are checked the same way before any pointer is used).
 
 use rayon::prelude::*;
 

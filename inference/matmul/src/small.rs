@@ -6,7 +6,9 @@
 //! packing took as long as the product (docs/PERFORMANCE.md). Here `rhs` is read where it
 //! lies: for a block of [`ROWS`] rows and [`COLUMNS`] columns the sums stay in registers
 //! (8 AVX registers) while `k` steps each load one row piece of `rhs` and broadcast one value
-//! per row of `lhs`.
+//! per row of `lhs`. On a CPU with AVX-512 each task runs [`wide`](crate::wide)'s loops
+//! instead, which pack their panel of `rhs` (per call, so a chain's blocks pack the same
+//! weights again: a copy of k·n values per m·k·n multiply-adds).
 
 use rayon::prelude::*;
 

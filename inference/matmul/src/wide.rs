@@ -2,7 +2,7 @@
 //! once at run time; the build targets x86-64-v3).
 //!
 //! Why by hand: the register blocks of `small` are arrays the compiler vectorises, and
-//! compiled for AVX-512 the same code ran ten times slower (it spilled the sums); with
+//! compiled for AVX-512 the same code ran ten times slower (LLVM made poor code of it); with
 //! `std::arch` each sum is one named register. Sixteen-lane multiply-adds do twice the work
 //! of AVX2's per instruction, and the Xeons that have them run two per cycle: a 1×1
 //! convolution over 16–64 channels went at about 60 GFLOP/s per core through the AVX2 loops
