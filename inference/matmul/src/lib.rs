@@ -13,7 +13,7 @@ mod small;
 #[cfg(target_arch = "x86_64")]
 mod wide;
 
-pub use small::{multiply_add, prefetch};
+pub use small::multiply_add;
 
 /// Shapes of `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, all row-major and contiguous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

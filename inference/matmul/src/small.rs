@@ -171,17 +171,3 @@ pub fn multiply_add(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }
 }
-
-/// Asks the CPU to bring the cache line holding `values[0]` into its caches ahead of use.
-#[inline(always)]
-pub fn prefetch(values: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(first) = values.first() {
-        // SAFETY: a prefetch is a hint that never faults; the pointer comes from a reference.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                std::ptr::from_ref(first).cast(),
-            );
-        }
-    }
-}

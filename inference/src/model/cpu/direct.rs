@@ -11,6 +11,14 @@
 //! waiting on each other (one pixel and 8 channels at a time, each sum is a chain of 9 to 25
 //! dependent additions: the depthwise layers of MobileNetV2 ran 1.5–2.4× slower that way,
 //! docs/PERFORMANCE.md).
+//!
+//! Depthwise groups inside the input with the usual windows (3×3 and 5×5, stride 1 or 2) go
+//! through a copy of the loop with the kernel width and stride as constants: it unrolls into
+//! straight multiply-adds from one address per kernel row. The general loop, with every
+//! offset computed at run time, spent more instructions on its bookkeeping (and on values
+//! spilled to the stack) than on the sums: MobileNetV3's 16-channel 112×112 layer took twice
+//! as long. Software prefetching, which had helped the general loop at batch 8, slowed the
+//! unrolled one, and is gone.
 
 use matmul::Accumulate;
 use rayon::prelude::*;
@@ -157,7 +165,7 @@ impl Direct {
     /// One output line of a depthwise convolution, [`PIXELS`] pixels at a time, each group's
     /// channels two vectors at a time (then one, then 8, then one at a time): eight
     /// independent sums in registers. Groups at the edges, or short at the line's end, check
-    /// their taps.
+    /// their taps; the others go through [`Self::depthwise_inside`] where it has their window.
     #[inline(always)]
     fn depthwise_line<L: Lanes>(
         &self,
@@ -187,19 +195,67 @@ impl Direct {
         }
     }
 
-    /// [`Self::depthwise_pixels`] with or without the checks for the edges.
+    /// [`Self::depthwise_pixels`] with or without the checks for the edges, or
+    /// [`Self::depthwise_inside`] for a group inside the input when it has the window.
     #[inline(always)]
     fn depthwise_block<L: Lanes, const B: usize>(
         &self,
         lanes: L,
-        (layout, rows, out, pixels, from_output): (&Layout, &Rows, &mut [f32], Pixels, bool),
+        group: Group,
         edge: bool,
     ) -> usize {
-        if edge {
-            self.depthwise_pixels::<L, B, true>(lanes, layout, rows, out, pixels, from_output)
-        } else {
-            self.depthwise_pixels::<L, B, false>(lanes, layout, rows, out, pixels, from_output)
+        let layout = group.0;
+        match (edge, layout.kw, layout.stride, layout.dilation) {
+            (true, ..) => self.depthwise_pixels::<L, B, true>(lanes, group),
+            (false, 3, 1, 1) => self.depthwise_inside::<L, B, 3, 1>(lanes, group),
+            (false, 3, 2, 1) => self.depthwise_inside::<L, B, 3, 2>(lanes, group),
+            (false, 5, 1, 1) => self.depthwise_inside::<L, B, 5, 1>(lanes, group),
+            (false, 5, 2, 1) => self.depthwise_inside::<L, B, 5, 2>(lanes, group),
+            (false, ..) => self.depthwise_pixels::<L, B, false>(lanes, group),
         }
+    }
+
+    /// [`Self::depthwise_pixels`] for a group inside the input, with the kernel width `KW`
+    /// and stride `S` known to the compiler (dilation 1): every address is a constant
+    /// multiple of the channel count from one per kernel row, each input column is loaded
+    /// once for all the taps that read it, and the loops unroll into straight code.
+    #[inline(always)]
+    fn depthwise_inside<L: Lanes, const B: usize, const KW: usize, const S: usize>(
+        &self,
+        lanes: L,
+        (layout, rows, out, Pixels { ox, at, .. }, from_output): Group,
+    ) -> usize {
+        let c = layout.c;
+        let out = &mut out[ox * c + at..][..(PIXELS - 1) * c + B * L::N];
+        let mut acc = [[lanes.zero(); B]; PIXELS];
+        if from_output {
+            for (p, acc) in acc.iter_mut().enumerate() {
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    *acc = lanes.load(&out[p * c + b * L::N..]);
+                }
+            }
+        }
+        let start = (ox * S - layout.before) * c + at;
+        let columns = (PIXELS - 1) * S + KW;
+        for &(ky, line) in rows {
+            let line = &line[start..][..(columns - 1) * c + B * L::N];
+            let taps = &self.weight[ky * KW * c + at..][..(KW - 1) * c + B * L::N];
+            for kx in 0..KW {
+                let k: [L::V; B] = std::array::from_fn(|b| lanes.load(&taps[kx * c + b * L::N..]));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let x = &line[(p * S + kx) * c..];
+                    for (b, acc) in acc.iter_mut().enumerate() {
+                        *acc = lanes.mul_add(lanes.load(&x[b * L::N..]), k[b], *acc);
+                    }
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate() {
+            for (b, acc) in acc.iter().enumerate() {
+                lanes.store(*acc, &mut out[p * c + b * L::N..]);
+            }
+        }
+        B * L::N
     }
 
     /// `B` blocks of channels of up to [`PIXELS`] adjacent output pixels: their sums are
@@ -210,11 +266,7 @@ impl Direct {
     fn depthwise_pixels<L: Lanes, const B: usize, const EDGE: bool>(
         &self,
         lanes: L,
-        layout: &Layout,
-        rows: &Rows,
-        out: &mut [f32],
-        Pixels { ox, at, count }: Pixels,
-        from_output: bool,
+        (layout, rows, out, Pixels { ox, at, count }, from_output): Group,
     ) -> usize {
         let (c, kw) = (layout.c, layout.kw);
         let width = layout.line / c;
@@ -229,20 +281,6 @@ impl Direct {
         }
         // Input column of pixel `p`'s tap `kx`, plus `before` (never negative).
         let column = |p: usize, kx: usize| (ox + p) * layout.stride + kx * layout.dilation;
-        if !EDGE {
-            // The columns that the group [`PREFETCH_GROUPS`] ahead reads first, these
-            // channels: maps of early layers at batch 8 are tens of megabytes, and the
-            // hardware's own prefetching kept the loads waiting (25 % faster on MobileNetV2's
-            // 56×56 and 112×112 layers with this).
-            let ahead = column(PIXELS * PREFETCH_GROUPS, 0) - layout.before;
-            for &(_, line) in rows {
-                for i in (0..PIXELS * layout.stride).filter(|&i| ahead + i < width) {
-                    for b in (0..B * L::N).step_by(CACHE_LINE) {
-                        matmul::prefetch(&line[(ahead + i) * c + at + b..]);
-                    }
-                }
-            }
-        }
         for &(ky, line) in rows {
             for kx in 0..kw {
                 let tap = &self.weight[(ky * kw + kx) * c + at..];
@@ -367,16 +405,14 @@ impl Work for Line<'_> {
     }
 }
 
-/// How many pixel groups ahead a depthwise line asks for its input.
-const PREFETCH_GROUPS: usize = 3;
-
-/// Values per cache line.
-const CACHE_LINE: usize = 64 / size_of::<f32>();
-
 thread_local! {
     /// Each thread's padded copies of the input lines its current output line reads.
     static LINES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
+
+/// What a depthwise block computes: a group of pixels of an output line (`out`) from the
+/// input `rows` under it, its sums started from `out` or not.
+type Group<'a, 'o> = (&'a Layout, &'a Rows<'a>, &'o mut [f32], Pixels, bool);
 
 /// Up to [`PIXELS`] adjacent output pixels from column `ox` on, channels from `at` on.
 #[derive(Clone, Copy)]

@@ -224,6 +224,19 @@ pub fn sigmoid(x: f32x8) -> f32x8 {
     reciprocal(f32x8::ONE + exp(-x))
 }
 
+/// `x` clamped to `[0, 1]` (HardSigmoid's last step).
+#[inline(always)]
+pub fn unit(x: f32x8) -> f32x8 {
+    x.fast_max(f32x8::ZERO).fast_min(f32x8::ONE)
+}
+
+/// HardSwish, `x · clamp(x / 6 + ½, 0, 1)`, eight at a time, as `Activation::apply`
+/// computes it.
+#[inline(always)]
+pub fn hard_swish(x: f32x8) -> f32x8 {
+    x * unit(x * f32x8::splat(1.0 / 6.0) + f32x8::splat(0.5))
+}
+
 /// `x · sigmoid(x)`, eight at a time.
 #[inline(always)]
 pub fn silu(x: f32x8) -> f32x8 {

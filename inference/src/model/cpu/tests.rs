@@ -196,6 +196,11 @@ fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
         ("dw 5x5/2", [1, 8, 15, 15], [8, 1, 5, 5], 8, [2, 2], [(2, 2), (2, 2)], [1, 1]),
         ("dw 5x5 small", [2, 37, 3, 3], [37, 1, 5, 5], 37, [1, 1], [(2, 2), (2, 2)], [1, 1]),
         ("dw dilated", [1, 21, 9, 10], [21, 1, 3, 3], 21, [1, 1], [(2, 2), (2, 2)], [2, 2]),
+        // Groups of pixels inside the input for each specialised kernel width and stride,
+        // with two and more blocks of channels.
+        ("dw 3x3/2 inside", [1, 33, 17, 17], [33, 1, 3, 3], 33, [2, 2], [(1, 1), (1, 1)], [1, 1]),
+        ("dw 5x5 inside", [1, 40, 19, 19], [40, 1, 5, 5], 40, [1, 1], [(2, 2), (2, 2)], [1, 1]),
+        ("dw 5x5/2 inside", [2, 40, 23, 23], [40, 1, 5, 5], 40, [2, 2], [(2, 2), (2, 2)], [1, 1]),
         // RegNet's group convolutions (8 channels per group there), and a channel multiplier.
         ("grouped", [2, 8, 9, 9], [12, 2, 3, 3], 4, [1, 1], [(1, 1), (1, 1)], [1, 1]),
         ("group width 8", [1, 24, 7, 7], [24, 8, 3, 3], 3, [2, 2], [(1, 1), (1, 1)], [1, 1]),
@@ -242,13 +247,16 @@ fn grouped_and_depthwise_convolutions_with_every_activation_match_burn() {
     }
 }
 
-/// Times the direct loops at each vector width on MobileNet-sized maps (fastest of 20 runs):
+/// Times the direct loops at each vector width on MobileNet-sized maps (fastest of 200 runs):
 /// `cargo test --release --workspace --lib -- --ignored --nocapture time_direct_loops`.
 #[test]
 #[ignore]
 fn time_direct_loops_at_each_width() {
     #[rustfmt::skip]
     let cases = [
+        ("depthwise 3x3 16 ch 112x112 b1", [1, 16, 112, 112], [16, 1, 3, 3], 16, 1),
+        ("depthwise 3x3 72 ch 56x56 b1", [1, 72, 56, 56], [72, 1, 3, 3], 72, 1),
+        ("depthwise 3x3/2 64 ch 112x112 b1", [1, 64, 112, 112], [64, 1, 3, 3], 64, 2),
         ("depthwise 3x3 72 ch 56x56 b8", [8, 72, 56, 56], [72, 1, 3, 3], 72, 1),
         ("depthwise 5x5/2 72 ch 56x56 b8", [8, 72, 56, 56], [72, 1, 5, 5], 72, 2),
         ("depthwise 3x3 240 ch 14x14 b8", [8, 240, 14, 14], [240, 1, 3, 3], 240, 1),
@@ -269,7 +277,7 @@ fn time_direct_loops_at_each_width() {
         for widest in [Widest::detect(), Widest::Eight] {
             let conv = Conv::new(&w, weight, groups, None, window, Algorithm::Winograd)
                 .with_widest(widest);
-            let fastest = (0..20)
+            let fastest = (0..200)
                 .map(|_| {
                     let start = std::time::Instant::now();
                     let out = conv.run(&x, None).expect("conv runs");

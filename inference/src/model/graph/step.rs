@@ -107,7 +107,9 @@ impl Activation {
             Self::Sigmoid => 1.0 / (1.0 + exp(-x)),
             Self::Clip { min, max } => x.clamp(min, max),
             Self::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
-            Self::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            // ONNX's alpha of 1/6 as a product, as the operator defines it (a division
+            // is several times slower in vectors).
+            Self::HardSwish => x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
             Self::Silu => x / (1.0 + exp(-x)),
             Self::Scale { factor, offset } => factor * x + offset,
             Self::Erf => erf(x),
