@@ -227,14 +227,7 @@ impl Direct {
     ) -> usize {
         let c = layout.c;
         let out = &mut out[ox * c + at..][..(PIXELS - 1) * c + B * L::N];
-        let mut acc = [[lanes.zero(); B]; PIXELS];
-        if from_output {
-            for (p, acc) in acc.iter_mut().enumerate() {
-                for (b, acc) in acc.iter_mut().enumerate() {
-                    *acc = lanes.load(&out[p * c + b * L::N..]);
-                }
-            }
-        }
+        let mut acc = start_sums::<L, B>(lanes, out, c, PIXELS, from_output);
         let start = (ox * S - layout.before) * c + at;
         let columns = (PIXELS - 1) * S + KW;
         for &(ky, line) in rows {
@@ -250,11 +243,7 @@ impl Direct {
                 }
             }
         }
-        for (p, acc) in acc.iter().enumerate() {
-            for (b, acc) in acc.iter().enumerate() {
-                lanes.store(*acc, &mut out[p * c + b * L::N..]);
-            }
-        }
+        store_sums(lanes, &acc, out, c, PIXELS);
         B * L::N
     }
 
@@ -271,14 +260,7 @@ impl Direct {
         let (c, kw) = (layout.c, layout.kw);
         let width = layout.line / c;
         let out = &mut out[ox * c + at..];
-        let mut acc = [[lanes.zero(); B]; PIXELS];
-        if from_output {
-            for (p, acc) in acc.iter_mut().enumerate().take(count) {
-                for (b, acc) in acc.iter_mut().enumerate() {
-                    *acc = lanes.load(&out[p * c + b * L::N..]);
-                }
-            }
-        }
+        let mut acc = start_sums::<L, B>(lanes, out, c, count, from_output);
         // Input column of pixel `p`'s tap `kx`, plus `before` (never negative).
         let column = |p: usize, kx: usize| (ox + p) * layout.stride + kx * layout.dilation;
         for &(ky, line) in rows {
@@ -297,11 +279,7 @@ impl Direct {
                 }
             }
         }
-        for (p, acc) in acc.iter().enumerate().take(count) {
-            for (b, acc) in acc.iter().enumerate() {
-                lanes.store(*acc, &mut out[p * c + b * L::N..]);
-            }
-        }
+        store_sums(lanes, &acc, out, c, count);
         B * L::N
     }
 
@@ -339,14 +317,7 @@ impl Direct {
         let (cin, cout) = (cig * self.groups, cog * self.groups);
         let count = out.len() / cout;
         let out = &mut out[g * cog + at..];
-        let mut acc = [[lanes.zero(); B]; PIXELS];
-        if from_output {
-            for (p, acc) in acc.iter_mut().enumerate().take(count) {
-                for (b, acc) in acc.iter_mut().enumerate() {
-                    *acc = lanes.load(&out[p * cout + b * L::N..]);
-                }
-            }
-        }
+        let mut acc = start_sums::<L, B>(lanes, out, cout, count, from_output);
         // A dense convolution without dilation reads a kernel row's taps from adjacent
         // columns, and its weights for them lie one after the other too: one run of
         // `kw · cin` values per kernel row instead of `kw` runs of `cin` (the 3-channel stems
@@ -374,12 +345,45 @@ impl Direct {
                 }
             }
         }
-        for (p, acc) in acc.iter().enumerate().take(count) {
-            for (b, acc) in acc.iter().enumerate() {
-                lanes.store(*acc, &mut out[p * cout + b * L::N..]);
+        store_sums(lanes, &acc, out, cout, count);
+        B * L::N
+    }
+}
+
+/// The sums of a group of [`PIXELS`] pixels, `B` vectors of channels each: zeros, or with
+/// `from_output` the values of the first `count` pixels in `out`, `stride` values apart.
+#[inline(always)]
+fn start_sums<L: Lanes, const B: usize>(
+    lanes: L,
+    out: &[f32],
+    stride: usize,
+    count: usize,
+    from_output: bool,
+) -> [[L::V; B]; PIXELS] {
+    let mut sums = [[lanes.zero(); B]; PIXELS];
+    if from_output {
+        for (p, sums) in sums.iter_mut().enumerate().take(count) {
+            for (b, sum) in sums.iter_mut().enumerate() {
+                *sum = lanes.load(&out[p * stride + b * L::N..]);
             }
         }
-        B * L::N
+    }
+    sums
+}
+
+/// Stores the sums of the first `count` pixels of a group into `out`, `stride` values apart.
+#[inline(always)]
+fn store_sums<L: Lanes, const B: usize>(
+    lanes: L,
+    sums: &[[L::V; B]; PIXELS],
+    out: &mut [f32],
+    stride: usize,
+    count: usize,
+) {
+    for (p, sums) in sums.iter().enumerate().take(count) {
+        for (b, sum) in sums.iter().enumerate() {
+            lanes.store(*sum, &mut out[p * stride + b * L::N..]);
+        }
     }
 }
 

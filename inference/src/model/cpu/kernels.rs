@@ -230,21 +230,10 @@ pub struct Epilogue {
 /// `f(value + bias)` over rows of `bias.len()` values, with the activation chosen once per
 /// block (not per value), so each loop is compiled for its own function.
 pub fn finish_rows(block: &mut [f32], bias: &[f32], activation: Option<Activation>) {
-    /// Eight values at a time as arrays (the compiler makes each one vector operation; left
-    /// to itself, it vectorised rows 32 wide and ran 16-channel rows four at a time).
-    fn rows(block: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
-        let (bias8, bias_rest) = bias.as_chunks::<8>();
-        for row in block.chunks_mut(bias.len()) {
-            let (row8, row_rest) = row.as_chunks_mut::<8>();
-            for (values, b) in row8.iter_mut().zip(bias8) {
-                for (value, b) in values.iter_mut().zip(b) {
-                    *value = f(*value + b);
-                }
-            }
-            for (value, b) in row_rest.iter_mut().zip(bias_rest) {
-                *value = f(*value + b);
-            }
-        }
+    /// [`vector_rows`] with `f` applied lane by lane (left to itself, the compiler
+    /// vectorised rows 32 wide and ran 16-channel rows four at a time).
+    fn rows(block: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32 + Copy) {
+        vector_rows(block, bias, |v| f32x8::new(v.to_array().map(f)), f);
     }
     /// Eight values at a time through `f`, the rest of each row through `scalar`.
     fn vector_rows(
