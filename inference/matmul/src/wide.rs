@@ -8,11 +8,11 @@
 //! convolution over 16–64 channels went at about 60 GFLOP/s per core through the AVX2 loops
 //! while `gemm`'s AVX-512 kernel reached 150 on longer inner dimensions (docs/PERFORMANCE.md).
 //!
-//! A register block is [`ROWS`] rows by up to four vectors (64 columns): up to 24 sums,
-//! enough independent multiply-adds to cover their latency on both units, while each step of
-//! the inner dimension loads the block's vectors of `rhs` and broadcasts one value per row of
-//! `lhs` (the last 16 columns or fewer: [`ROWS_ONE`] rows by one vector). The `dst` columns
-//! past its right edge are masked off, so every width runs the same loops. On one core of
+//! A register block is up to 24 sums: rows by one to four vectors of columns (64), enough
+//! independent multiply-adds to cover their latency on both units, while each step of the
+//! inner dimension loads the block's vectors of `rhs` and broadcasts one value per row of
+//! `lhs` (see [`rows`]). The `dst` columns past its right edge are masked off, so every width
+//! runs the same loops. On one core of
 //! the Ice Lake host this runs 1×1-convolution shapes at 100–160 GFLOP/s, 1.3–2.5× the AVX2
 //! loops and as fast as `gemm` or faster, except for inner dimensions of 500 and more
 //! (`time_small_products_and_gemm`).
@@ -27,14 +27,10 @@ use std::sync::LazyLock;
 
 use crate::{Accumulate, Shape};
 
-/// Rows of `lhs` per register block of two to four vectors (up to 64 columns): 12 to 24 sums.
-const ROWS: usize = 6;
-/// Rows per block of one vector, the last 16 columns or fewer: 12 sums again.
-const ROWS_ONE: usize = 12;
-/// Columns per register block at most: four vectors of sixteen.
-const COLUMNS: usize = 64;
-/// Steps of the inner dimension per pass over `dst`: a panel of `rhs` (this many rows of
-/// [`COLUMNS`] values, 32 KiB) stays in the L1 cache while the row blocks go by.
+/// Vectors of sixteen columns per register block at most (64 columns).
+const VECTORS: usize = 4;
+/// Steps of the inner dimension per pass over `dst`: a panel of `rhs` (this many rows of up
+/// to [`VECTORS`] vectors, 32 KiB) stays in the L1 cache while the row blocks go by.
 const INNER: usize = 128;
 
 /// Whether this CPU has AVX-512F, checked once.
@@ -53,9 +49,9 @@ pub(crate) fn available() -> bool {
 /// `dst (+)= lhs · rhs` on the calling thread, or `None` where the CPU lacks AVX-512 (the
 /// caller then runs its AVX2 loops). Slices are exactly `m·n`, `m·k` and `k·n` long.
 ///
-/// The inner dimension goes in steps of [`INNER`] and the columns in panels of [`COLUMNS`];
-/// each panel of `rhs` is copied to a contiguous block first ([`pack`]) that every row of
-/// `lhs` then reads from the L1 cache.
+/// The inner dimension goes in steps of [`INNER`] and the columns in [`panels`] of up to
+/// [`VECTORS`] vectors; each panel of `rhs` is copied to a contiguous block first ([`pack`]) that
+/// every row of `lhs` then reads from the L1 cache.
 pub(crate) fn product(
     dst: &mut [f32],
     lhs: &[f32],
@@ -75,40 +71,72 @@ pub(crate) fn product(
     for first in (0..k).step_by(INNER) {
         let inner = first..(first + INNER).min(k);
         let add = accumulate == Accumulate::Yes || first > 0;
-        for j in (0..n).step_by(COLUMNS) {
-            pack(&mut panel, rhs, n, inner.clone(), j);
+        for (j, vectors) in panels(n) {
+            pack(&mut panel, rhs, n, inner.clone(), j, vectors);
             // SAFETY: the CPU has AVX-512F (checked above); the assert proves the slices
             // hold what the shape says, `inner` lies in 0..k, `j` < n, and `pack` made
-            // `panel` `inner.len()` rows of COLUMNS values.
-            unsafe { rows(dst, lhs, &panel, shape, inner.clone(), j, add) };
+            // `panel` `inner.len()` rows of `vectors` vectors.
+            unsafe { rows(dst, lhs, &panel, shape, inner.clone(), (j, vectors), add) };
         }
     }
     PANEL.set(panel);
     Some(())
 }
 
-/// Copies rows `inner` of `rhs` (`n` columns), columns `j..j + COLUMNS`, into `panel` as
-/// contiguous rows of [`COLUMNS`] values, zeros past column `n`.
+/// The column panels of `n` columns: `(first column, vectors)`, as even as whole vectors allow
+/// and none over [`VECTORS`] wide.
+///
+/// Why even: a block's sums are its rows times its vectors, and fewer vectors take more rows
+/// (see [`rows`]), but a block of one or two vectors does fewer multiply-adds per load. 96
+/// columns as 64 + 32 ran the 32 at half the rate of the 64; as 48 + 48 both run full.
+fn panels(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let vectors = n.div_ceil(16);
+    let count = vectors.div_ceil(VECTORS);
+    let (base, wider) = (vectors / count.max(1), vectors % count.max(1));
+    (0..count).scan(0, move |j, panel| {
+        let width = base + usize::from(panel < wider);
+        let first = *j;
+        *j += width * 16;
+        Some((first, width))
+    })
+}
+
+/// Copies rows `inner` of `rhs` (`n` columns), `vectors` vectors of columns from `j`, into
+/// `panel` as contiguous rows of `vectors · 16` values, zeros past column `n`.
 ///
 /// Why a copy: read in place, a panel's rows lie a row of `rhs` apart, 1 or 2 KiB for 256 or
 /// 512 columns, so they fall into a few sets of the L1 cache and evict each other. Copied,
 /// they are one block the size of the cache.
-fn pack(panel: &mut Vec<f32>, rhs: &[f32], n: usize, inner: Range<usize>, j: usize) {
-    let width = COLUMNS.min(n - j);
-    panel.resize(inner.len() * COLUMNS, 0.0);
+fn pack(
+    panel: &mut Vec<f32>,
+    rhs: &[f32],
+    n: usize,
+    inner: Range<usize>,
+    j: usize,
+    vectors: usize,
+) {
+    let stride = vectors * 16;
+    let width = stride.min(n - j);
+    panel.resize(inner.len() * stride, 0.0);
     let source = rhs[inner.start * n..].chunks(n);
-    for (to, from) in panel.chunks_exact_mut(COLUMNS).zip(source) {
+    for (to, from) in panel.chunks_exact_mut(stride).zip(source) {
         to[..width].copy_from_slice(&from[j..j + width]);
         to[width..].fill(0.0);
     }
 }
 
-/// The sums over `inner` of columns `j..` (a panel) of every row of `dst`, added to what it
-/// holds when `add`, a register block of rows at a time.
+/// The sums over `inner` of the panel of `vectors` vectors of columns from `j`, for every row
+/// of `dst`, added to what it holds when `add`, a register block of rows at a time.
+///
+/// A block holds 24 sums where it can (of the 32 registers, the rest hold the panel's vectors
+/// and the broadcast value): 6 rows by 4 vectors, 8 by 3, 12 by 2; enough independent
+/// multiply-adds to cover their latency on both units. One vector takes 12 rows, where each
+/// step's loads (one per row) would outnumber what two load ports feed. Rows left over go
+/// in blocks of 4 (or 3) and then one by one.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `dst` and `lhs` hold `m·n` and `m·k` values, `inner` lies within
-/// `0..k`, `j < n`, and `panel` holds `inner.len()` rows of [`COLUMNS`] values.
+/// `0..k`, `j < n`, and `panel` holds `inner.len()` rows of `vectors` vectors.
 #[target_feature(enable = "avx512f")]
 unsafe fn rows(
     dst: &mut [f32],
@@ -116,11 +144,10 @@ unsafe fn rows(
     panel: &[f32],
     Shape { m, k, n }: Shape,
     inner: Range<usize>,
-    j: usize,
+    (j, vectors): (usize, usize),
     add: bool,
 ) {
     let masks = masks(n - j);
-    let vectors = (n - j).min(COLUMNS).div_ceil(16);
     let mut i = 0;
     while i < m {
         let left = m - i;
@@ -141,13 +168,16 @@ unsafe fn rows(
         // SAFETY: as above, for the rows each block takes.
         i += unsafe {
             match (vectors, left) {
-                (4, ROWS..) => at.run::<ROWS, 4>(),
+                (4, 6..) => at.run::<6, 4>(),
+                (4, 3..) => at.run::<3, 4>(),
                 (4, _) => at.run::<1, 4>(),
-                (3, ROWS..) => at.run::<ROWS, 3>(),
+                (3, 8..) => at.run::<8, 3>(),
+                (3, 4..) => at.run::<4, 3>(),
                 (3, _) => at.run::<1, 3>(),
-                (2, ROWS..) => at.run::<ROWS, 2>(),
+                (2, 12..) => at.run::<12, 2>(),
+                (2, 4..) => at.run::<4, 2>(),
                 (2, _) => at.run::<1, 2>(),
-                (_, ROWS_ONE..) => at.run::<ROWS_ONE, 1>(),
+                (_, 12..) => at.run::<12, 1>(),
                 (_, 4..) => at.run::<4, 1>(),
                 (_, _) => at.run::<1, 1>(),
             }
@@ -156,7 +186,7 @@ unsafe fn rows(
 }
 
 /// The lane masks of a block's vectors when `left` columns remain from its first.
-fn masks(left: usize) -> [__mmask16; COLUMNS / 16] {
+fn masks(left: usize) -> [__mmask16; VECTORS] {
     std::array::from_fn(|v| match left.saturating_sub(v * 16) {
         16.. => 0xffff,
         count => (1u16 << count) - 1,
@@ -174,7 +204,7 @@ struct Block {
     /// Row strides of `lhs` and of `dst`.
     k: usize,
     n: usize,
-    masks: [__mmask16; COLUMNS / 16],
+    masks: [__mmask16; VECTORS],
     add: bool,
 }
 
@@ -183,8 +213,8 @@ impl Block {
     /// the block's steps of the inner dimension. Returns `R`.
     ///
     /// # Safety
-    /// AVX-512F; `R` rows of `steps` values from `lhs` (row stride `k`), `steps` rows of the
-    /// panel and `R` rows of `dst` (row stride `n`) in every lane `masks` enables are in
+    /// AVX-512F; `R` rows of `steps` values from `lhs` (row stride `k`), `steps` rows of `V`
+    /// vectors in the panel and `R` rows of `dst` (row stride `n`) in every lane `masks` enables are in
     /// bounds.
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -201,8 +231,8 @@ impl Block {
         } = *self;
         let mut sums = [[_mm512_setzero_ps(); V]; R];
         // Offsets below stay within the rows and masked columns the caller vouches for;
-        // masked-off lanes of `dst` are neither read nor written, and the panel is COLUMNS
-        // values wide.
+        // masked-off lanes of `dst` are neither read nor written, and the panel is V vectors
+        // wide.
         if add {
             for (r, sum) in sums.iter_mut().enumerate() {
                 for (v, sum) in sum.iter_mut().enumerate() {
@@ -212,10 +242,9 @@ impl Block {
             }
         }
         for p in 0..steps {
-            // SAFETY: row p < steps of the panel, vector v < V ≤ COLUMNS / 16.
-            let w: [__m512; V] = std::array::from_fn(|v| unsafe {
-                _mm512_loadu_ps(panel.add(p * COLUMNS + v * 16))
-            });
+            // SAFETY: row p < steps of the panel, vector v < V, its width.
+            let w: [__m512; V] =
+                std::array::from_fn(|v| unsafe { _mm512_loadu_ps(panel.add(p * V * 16 + v * 16)) });
             for (r, sum) in sums.iter_mut().enumerate() {
                 // SAFETY: row r < R of `lhs`, step p < steps of its block.
                 let a = _mm512_set1_ps(unsafe { *lhs.add(r * k + p) });
@@ -231,5 +260,35 @@ impl Block {
             }
         }
         R
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panels_share_the_vectors_evenly_and_cover_every_column() {
+        let widths = |n| panels(n).collect::<Vec<_>>();
+        assert_eq!(widths(96), [(0, 3), (48, 3)]);
+        assert_eq!(widths(80), [(0, 3), (48, 2)]);
+        assert_eq!(widths(64), [(0, 4)]);
+        assert_eq!(widths(17), [(0, 2)]);
+        assert_eq!(widths(1), [(0, 1)]);
+        assert_eq!(widths(0), []);
+        for n in 1..600 {
+            let all = widths(n);
+            let (last, vectors) = *all.last().expect("at least one panel");
+            assert!(last < n && last + vectors * 16 >= n, "{n}: {all:?}");
+            assert!(all.iter().all(|&(_, v)| (1..=VECTORS).contains(&v)), "{n}");
+            let (low, high) = all
+                .iter()
+                .fold((VECTORS, 0), |(l, h), &(_, v)| (l.min(v), h.max(v)));
+            assert!(high - low <= 1, "{n}: {all:?}");
+            assert!(
+                all.windows(2).all(|p| p[1].0 == p[0].0 + p[0].1 * 16),
+                "{n}: {all:?}"
+            );
+        }
     }
 }
