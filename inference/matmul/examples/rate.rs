@@ -1,8 +1,9 @@
-//! GFLOP/s of `matmul` on the product shapes ResNet50's convolutions use, on one thread and
-//! shared by two (split by columns): the numbers behind the block sizes in the inference
-//! crate's CPU kernels. `cargo run --release -p matmul --example rate`.
+//! GFLOP/s of [`Weights::product`] on the product shapes ResNet50's convolutions use, on one
+//! thread and shared by two, the weights laid out beforehand as a model's are: the numbers
+//! behind the block sizes in the inference crate's CPU kernels.
+//! `cargo run --release -p matmul --example rate`.
 
-use matmul::{Accumulate, Shape, matmul};
+use matmul::{Accumulate, Weights};
 
 fn main() {
     // (rows, inner, columns, threads): output pixels per block × patch length × channels out.
@@ -21,16 +22,15 @@ fn main() {
         "rows", "inner", "cols", "threads", "GFLOP/s"
     );
     for (m, k, n, threads) in cases {
-        let shape = Shape { m, k, n };
         let lhs = vec![0.5f32; m * k];
-        let rhs = vec![0.25f32; k * n];
+        let weights = Weights::new(vec![0.25f32; k * n], k, n);
         let mut dst = vec![0.0f32; m * n];
         let flops = 2.0 * (m * k * n) as f64;
         let reps = (4e9 / flops).max(3.0) as usize;
-        matmul(&mut dst, &lhs, &rhs, shape, Accumulate::No, threads);
+        weights.product(&mut dst, &lhs, m, Accumulate::No, threads);
         let started = std::time::Instant::now();
         for _ in 0..reps {
-            matmul(&mut dst, &lhs, &rhs, shape, Accumulate::No, threads);
+            weights.product(&mut dst, &lhs, m, Accumulate::No, threads);
         }
         let rate = flops * reps as f64 / started.elapsed().as_secs_f64() / 1e9;
         println!("{m:>5} {k:>6} {n:>6} {threads:>8} {rate:>9.1}");

@@ -1,11 +1,12 @@
-//! `dst (+)= lhs · rhs` for row-major `f32` matrices, checked, on top of the `gemm` crate.
+//! `dst (+)= lhs · weights` for row-major `f32` matrices, checked, for the inference crate's
+//! CPU kernels, which forbid `unsafe`.
 //!
-//! `gemm` is what burn's CPU backend multiplies with; its entry point takes raw pointers and
-//! strides. The inference crate forbids `unsafe`, so its CPU kernels call this one function,
-//! which checks every slice against the shapes before handing pointers to `gemm`. Shapes
-//! `gemm` handles badly (short inner dimensions, 1–4 rows) go through register-blocked loops
-//! here instead: safe Rust ([`small`], `few_rows`), or AVX-512 intrinsics where the CPU has
-//! them (`wide`, whose slices are checked the same way before any pointer is used).
+//! Where the CPU has AVX-512, every product runs register-blocked loops in its intrinsics
+//! (`wide`) over weights laid out once, when a model is loaded ([`Weights`]). Elsewhere the
+//! weights stay row-major: short inner dimensions and 1–4 rows go through loops in safe Rust
+//! ([`small`], `few_rows`), the rest through the `gemm` crate (what burn's CPU backend
+//! multiplies with), whose entry point takes raw pointers and strides. Every slice is checked
+//! against the shapes before any pointer is used.
 
 use rayon::prelude::*;
 
@@ -17,7 +18,7 @@ pub use small::multiply_add;
 
 /// Shapes of `dst[m × n] (+)= lhs[m × k] · rhs[k × n]`, all row-major and contiguous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
+pub(crate) struct Shape {
     /// Rows of `lhs` and `dst`.
     pub m: usize,
     /// Columns of `lhs`, rows of `rhs`.
@@ -35,19 +36,169 @@ pub enum Accumulate {
     Yes,
 }
 
-/// Computes `dst (+)= lhs · rhs`, its columns split between up to `threads` tasks of the
-/// current rayon pool (1 = the calling thread only).
+/// A `k × n` weight matrix, laid out once for every product it takes part in: in
+/// [`wide`]'s panels where the CPU has AVX-512, else row-major for the AVX2 loops and `gemm`.
+pub struct Weights {
+    k: usize,
+    n: usize,
+    layout: Layout,
+}
+
+enum Layout {
+    /// Row-major, as given.
+    Rows(Vec<f32>),
+    #[cfg(target_arch = "x86_64")]
+    Panels(wide::Panels),
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let layout = match self.layout {
+            Layout::Rows(_) => "rows",
+            #[cfg(target_arch = "x86_64")]
+            Layout::Panels(_) => "panels",
+        };
+        write!(f, "Weights({}×{}, {layout})", self.k, self.n)
+    }
+}
+
+impl Weights {
+    /// `values`, a row-major `k × n` matrix (`rhs` of the products).
+    ///
+    /// # Panics
+    /// When `values` does not hold `k · n` values: a caller bug.
+    pub fn new(values: Vec<f32>, k: usize, n: usize) -> Self {
+        assert_eq!(values.len(), k * n, "weights of {k}×{n}");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(panels) = wide::Panels::new(&values, k, n) {
+            return Self {
+                k,
+                n,
+                layout: Layout::Panels(panels),
+            };
+        }
+        Self::row_major(values, k, n)
+    }
+
+    /// Kept row-major whatever the CPU: the loops CPUs without AVX-512 run, which tests
+    /// pick to check them on one that has it.
+    fn row_major(values: Vec<f32>, k: usize, n: usize) -> Self {
+        Self {
+            k,
+            n,
+            layout: Layout::Rows(values),
+        }
+    }
+
+    /// Rows (`k`): the inner dimension of the products.
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (`n`).
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// `dst (+)= lhs · self` for `m` rows, shared by up to `threads` tasks of the current
+    /// rayon pool (1 = the calling thread only): `dst` is `m × n`, `lhs` `m × k`.
+    ///
+    /// # Panics
+    /// When a slice is shorter than its shape says: a caller bug, caught before any memory
+    /// is touched rather than turned into an out-of-bounds write.
+    pub fn product(
+        &self,
+        dst: &mut [f32],
+        lhs: &[f32],
+        m: usize,
+        accumulate: Accumulate,
+        threads: usize,
+    ) {
+        let shape = Shape {
+            m,
+            k: self.k,
+            n: self.n,
+        };
+        let Shape { m, k, n } = shape;
+        assert!(
+            dst.len() >= m * n && lhs.len() >= m * k,
+            "matmul {shape:?}: dst {}, lhs {} values",
+            dst.len(),
+            lhs.len(),
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (dst, lhs) = (&mut dst[..m * n], &lhs[..m * k]);
+        if k == 0 {
+            if accumulate == Accumulate::No {
+                dst.fill(0.0);
+            }
+            return;
+        }
+        match &self.layout {
+            Layout::Rows(rhs) => by_rows(dst, lhs, rhs, shape, accumulate, threads),
+            #[cfg(target_arch = "x86_64")]
+            Layout::Panels(panels) => by_panels(dst, lhs, panels, shape, accumulate, threads),
+        }
+    }
+}
+
+/// The product on AVX-512: rows split between the tasks where there are more rows than
+/// columns, else the column panels, so that no two tasks read the same weights.
+///
+/// Why columns for few rows: for the few rows of a late convolution at batch 1 (49 output
+/// pixels, megabytes of weights) or a classifier (one row), a task per block of rows would
+/// each stream all the weights, the product running at the speed of memory; over half the
+/// columns each, both threads read half.
+#[cfg(target_arch = "x86_64")]
+fn by_panels(
+    dst: &mut [f32],
+    lhs: &[f32],
+    panels: &wide::Panels,
+    Shape { m, k, n }: Shape,
+    accumulate: Accumulate,
+    threads: usize,
+) {
+    let count = panels.count();
+    let by_rows = m >= n && m >= 2 * small::TASK_ROWS;
+    let tasks = if by_rows {
+        threads.clamp(1, m / small::TASK_ROWS)
+    } else {
+        threads.clamp(1, count)
+    };
+    if tasks <= 1 {
+        // SAFETY: `dst` is exactly `m·n` values, uniquely borrowed for the call.
+        unsafe { wide::product(dst.as_mut_ptr(), lhs, panels, m, 0..count, accumulate) };
+    } else if by_rows {
+        let rows = m.div_ceil(tasks);
+        (dst.par_chunks_mut(rows * n).zip(lhs.par_chunks(rows * k))).for_each(|(dst, lhs)| {
+            let m = dst.len() / n;
+            // SAFETY: each task's `dst` is its own `m·n` values, uniquely borrowed.
+            unsafe { wide::product(dst.as_mut_ptr(), lhs, panels, m, 0..count, accumulate) };
+        });
+    } else {
+        let dst = Columns(dst.as_mut_ptr());
+        let part = count.div_ceil(tasks);
+        (0..count).into_par_iter().step_by(part).for_each(|first| {
+            let chosen = first..(first + part).min(count);
+            // SAFETY: `dst` holds `m·n` values, uniquely borrowed by this function until every
+            // task has finished (`for_each` returns only then); the tasks' panel ranges are
+            // disjoint, so no two write the same columns, and none reads another's.
+            unsafe { wide::product(dst.at(0), lhs, panels, m, chosen, accumulate) };
+        });
+    }
+}
+
+/// The product on CPUs without AVX-512 (and in tests): a few rows by streaming `rhs`, short
+/// inner dimensions by the AVX2 loops, the rest by `gemm` with columns shared by the tasks.
 ///
 /// Why columns, not `gemm`'s own threading: for the few rows of a late convolution at batch 1
 /// (49 output pixels, megabytes of weights), `gemm` with two threads ran no faster than with one
 /// (~100 GFLOP/s either way, docs/PERFORMANCE.md), while two single-threaded products over half
 /// the columns each ran at that rate each. Each task reads all of `lhs` and its own columns of
 /// `rhs`, and writes its own columns of `dst`.
-///
-/// # Panics
-/// When a slice is shorter than its shape says: a caller bug, caught before any memory is
-/// touched rather than turned into an out-of-bounds write.
-pub fn matmul(
+fn by_rows(
     dst: &mut [f32],
     lhs: &[f32],
     rhs: &[f32],
@@ -55,30 +206,19 @@ pub fn matmul(
     accumulate: Accumulate,
     threads: usize,
 ) {
-    let Shape { m, k, n } = shape;
-    assert!(
-        dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
-        "matmul {shape:?}: dst {}, lhs {}, rhs {} values",
-        dst.len(),
-        lhs.len(),
-        rhs.len()
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if accumulate == Accumulate::No {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let (dst, lhs, rhs) = (&mut dst[..m * n], &lhs[..m * k], &rhs[..k * n]);
-    if m <= FEW_ROWS {
+    if shape.m <= FEW_ROWS {
         few_rows(dst, lhs, rhs, shape, accumulate, threads);
     } else if small::pays(shape) {
         small::product(dst, lhs, rhs, shape, accumulate, threads);
     } else {
-        by_gemm(dst, lhs, rhs, shape, accumulate, column_width(n, threads));
+        by_gemm(
+            dst,
+            lhs,
+            rhs,
+            shape,
+            accumulate,
+            column_width(shape.n, threads),
+        );
     }
 }
 
@@ -250,16 +390,33 @@ mod tests {
             let shape = Shape { m, k, n };
             let (lhs, rhs) = (values(m * k, 1), values(k * n, 2));
             let expected = naive(&lhs, &rhs, shape);
-            for threads in [1, 2, 3] {
+            for (layout, threads) in LAYOUTS.into_iter().flat_map(|l| [(l, 1), (l, 2), (l, 3)]) {
                 let mut dst = vec![f32::NAN; m * n];
-                matmul(&mut dst, &lhs, &rhs, shape, Accumulate::No, threads);
+                let weights = layout(rhs.clone(), k, n);
+                weights.product(&mut dst, &lhs, m, Accumulate::No, threads);
                 for (got, want) in dst.iter().zip(&expected) {
                     assert!(
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{shape:?}: {got} vs {want}"
+                        "{shape:?} {weights:?}: {got} vs {want}"
                     );
                 }
             }
+        }
+    }
+
+    /// The weights as this CPU lays them out, and row-major whatever it is (so that a CPU
+    /// with AVX-512 checks the loops of those without too).
+    const LAYOUTS: [MakeWeights; 2] = [Weights::new, Weights::row_major];
+
+    /// A constructor of [`Weights`] from row-major values, `k` and `n`.
+    type MakeWeights = fn(Vec<f32>, usize, usize) -> Weights;
+
+    /// [`check_writes_and_accumulates`]' product through weights in `layout`.
+    fn through(
+        layout: MakeWeights,
+    ) -> impl Fn(&mut [f32], &[f32], &[f32], Shape, Accumulate, usize) {
+        move |dst, lhs, rhs, Shape { m, k, n }, accumulate, threads| {
+            layout(rhs.to_vec(), k, n).product(dst, lhs, m, accumulate, threads)
         }
     }
 
@@ -303,19 +460,16 @@ mod tests {
 
     #[test]
     fn a_few_rows_match_the_textbook_product_and_accumulate() {
-        check_writes_and_accumulates(
-            &[
-                (1, 576, 1024),
-                (1, 7, 5),
-                (3, 40, 100),
-                (FEW_ROWS, 9, 64),
-                (2, 1024, 1000),
-                (1, 3 * MIN_SPLIT + 5, 33),
-            ],
-            &[1, 2, 3],
-            5,
-            matmul,
-        );
+        let shapes = [
+            (1, 576, 1024),
+            (1, 7, 5),
+            (3, 40, 100),
+            (FEW_ROWS, 9, 64),
+            (2, 1024, 1000),
+            (1, 3 * MIN_SPLIT + 5, 33),
+        ];
+        check_writes_and_accumulates(&shapes, &[1, 2, 3], 5, through(Weights::new));
+        check_writes_and_accumulates(&shapes, &[1, 2, 3], 5, through(Weights::row_major));
     }
 
     #[test]
@@ -341,15 +495,16 @@ mod tests {
             (15, 33, 1000),
             (9, 17, 112),
         ];
-        for registers in [small::Registers::Widest, small::Registers::Avx2] {
-            check_writes_and_accumulates(&shapes, &[1, 2], 7, |d, l, r, s, a, t| {
-                small::product_in(registers, d, l, r, s, a, t)
-            });
+        for layout in LAYOUTS {
+            check_writes_and_accumulates(&shapes, &[1, 2], 7, through(layout));
         }
+        check_writes_and_accumulates(&shapes, &[1, 2], 7, small::product);
     }
 
     /// Times the paths on the 1×1 convolutions of MobileNetV3 and EfficientNet (and SqueezeNet's
     /// classifier, and a block of its 7×7 stem's patch rows), on one thread and on the pool's:
+    /// [`Weights`] as this CPU lays them out (laid out beforehand, as a model's are), the AVX2
+    /// loops and `gemm`:
     /// `cargo test --release -p matmul -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -359,11 +514,6 @@ mod tests {
             (256, 147, 96),
             (196, 672, 112),
             (196, 112, 672),
-            (256, 147, 96),
-            (256, 147, 64),
-            (256, 128, 64),
-            (252, 128, 64),
-            (2520, 128, 64),
             (49, 96, 576),
             (49, 576, 96),
             (3136, 16, 72),
@@ -396,16 +546,15 @@ mod tests {
                     .fold(f64::INFINITY, f64::min)
             };
             for threads in [1, rayon::current_num_threads()] {
-                let [wide, avx2] = [small::Registers::Widest, small::Registers::Avx2].map(|r| {
-                    time(&mut |d| {
-                        small::product_in(r, d, &lhs, &rhs, shape, Accumulate::No, threads)
-                    })
-                });
+                let weights = Weights::new(rhs.clone(), k, n);
+                let wide = time(&mut |d| weights.product(d, &lhs, m, Accumulate::No, threads));
+                let avx2 =
+                    time(&mut |d| small::product(d, &lhs, &rhs, shape, Accumulate::No, threads));
                 let width = column_width(n, threads);
                 let gemm = time(&mut |d| by_gemm(d, &lhs, &rhs, shape, Accumulate::No, width));
                 let rate = |us: f64| 2.0 * (m * k * n) as f64 / us / 1e3;
                 eprintln!(
-                    "{m:5}x{k:5}x{n:5} threads {threads}: widest {wide:7.1} µs {:5.0} GFLOP/s, \
+                    "{m:5}x{k:5}x{n:5} threads {threads}: laid out {wide:7.1} µs {:5.0} GFLOP/s, \
                      avx2 {avx2:7.1} µs {:5.0}, gemm {gemm:7.1} µs {:5.0}",
                     rate(wide),
                     rate(avx2),
@@ -429,38 +578,34 @@ mod tests {
     fn accumulate_adds_to_what_dst_holds() {
         let shape = Shape { m: 3, k: 4, n: 2 };
         let (lhs, rhs) = (values(12, 3), values(8, 4));
-        let mut dst = vec![10.0; 6];
-        matmul(&mut dst, &lhs, &rhs, shape, Accumulate::Yes, 1);
-        for (got, want) in dst.iter().zip(naive(&lhs, &rhs, shape)) {
-            assert!((got - (want + 10.0)).abs() < 1e-4);
+        for layout in LAYOUTS {
+            let mut dst = vec![10.0; 6];
+            layout(rhs.clone(), 4, 2).product(&mut dst, &lhs, 3, Accumulate::Yes, 1);
+            for (got, want) in dst.iter().zip(naive(&lhs, &rhs, shape)) {
+                assert!((got - (want + 10.0)).abs() < 1e-4);
+            }
         }
     }
 
     #[test]
+    #[should_panic(expected = "weights of 2×3")]
+    fn weights_of_the_wrong_size_are_refused() {
+        Weights::new(vec![1.0; 5], 2, 3);
+    }
+
+    #[test]
     fn an_empty_inner_dimension_gives_zeros() {
-        let mut dst = vec![5.0; 4];
-        matmul(
-            &mut dst,
-            &[],
-            &[],
-            Shape { m: 2, k: 0, n: 2 },
-            Accumulate::No,
-            1,
-        );
-        assert_eq!(dst, [0.0; 4]);
+        for layout in LAYOUTS {
+            let mut dst = vec![5.0; 4];
+            layout(vec![], 0, 2).product(&mut dst, &[], 2, Accumulate::No, 1);
+            assert_eq!(dst, [0.0; 4]);
+        }
     }
 
     #[test]
     #[should_panic(expected = "matmul")]
     fn a_short_slice_is_refused_before_any_write() {
         let mut dst = vec![0.0; 3];
-        matmul(
-            &mut dst,
-            &[1.0; 4],
-            &[1.0; 4],
-            Shape { m: 2, k: 2, n: 2 },
-            Accumulate::No,
-            1,
-        );
+        Weights::new(vec![1.0; 4], 2, 2).product(&mut dst, &[1.0; 4], 2, Accumulate::No, 1);
     }
 }

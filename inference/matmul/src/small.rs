@@ -6,9 +6,7 @@
 //! packing took as long as the product (docs/PERFORMANCE.md). Here `rhs` is read where it
 //! lies: for a block of [`ROWS`] rows and [`COLUMNS`] columns the sums stay in registers
 //! (8 AVX registers) while `k` steps each load one row piece of `rhs` and broadcast one value
-//! per row of `lhs`. On a CPU with AVX-512 each task runs [`wide`](crate::wide)'s loops
-//! instead, which pack their panel of `rhs` (per call, so a chain's blocks pack the same
-//! weights again: a copy of k·n values per m·k·n multiply-adds).
+//! per row of `lhs`. A CPU with AVX-512 runs [`wide`](crate::wide)'s loops instead.
 
 use rayon::prelude::*;
 
@@ -20,50 +18,20 @@ const ROWS: usize = 4;
 const COLUMNS: usize = 16;
 /// Rows per task at least: enough work to be worth a task, few enough for both threads to
 /// share a 7×7 map (49 rows).
-const TASK_ROWS: usize = 4 * ROWS;
+pub(crate) const TASK_ROWS: usize = 4 * ROWS;
 
-/// Whether `shape` goes faster here than through `gemm`: a short inner dimension, or a
-/// thin output. Measured on this project's shapes by `time_small_products_and_gemm` (run
-/// it with `--ignored`). The AVX2 loops: 2.6–3× faster at k = 16–24, even at k ≤ 64 with 256
-/// columns, up to 1.5× at k = 144–240 with 24–40 columns; slower from k = 128 with 512
-/// columns or k = 256 with 64 (a Zen 4 host). The AVX-512 ones ([`wide`](crate::wide)), on
-/// an Ice Lake host: as fast as `gemm` or faster up to k = 256 at any width, slower from
-/// k ≈ 500 with 80 columns or more.
+/// Whether `shape` goes faster here than through `gemm` (on CPUs without AVX-512, where
+/// these loops run): a short inner dimension, or a thin output. Measured on this project's
+/// shapes by `time_small_products_and_gemm` (run it with `--ignored`): 2.6–3× faster at
+/// k = 16–24, even at k ≤ 64 with 256 columns, up to 1.5× at k = 144–240 with 24–40 columns;
+/// slower from k = 128 with 512 columns or k = 256 with 64 (a Zen 4 host).
 pub(crate) fn pays(Shape { k, n, .. }: Shape) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if crate::wide::available() {
-        return k <= 256;
-    }
     k <= 64 || (n <= 48 && k <= 256)
-}
-
-/// The vector registers the loops use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Registers {
-    /// AVX-512 where the CPU has it ([`wide`](crate::wide)), else AVX2.
-    Widest,
-    /// AVX2 (the build's own target): these loops. Only tests pick them on a CPU that has
-    /// AVX-512, so that both are checked there.
-    #[cfg(test)]
-    Avx2,
 }
 
 /// `dst (+)= lhs · rhs`, rows split between the current rayon pool's threads (`threads` = 1:
 /// the calling thread only). Slices are exactly `m·n`, `m·k` and `k·n` long.
 pub(crate) fn product(
-    dst: &mut [f32],
-    lhs: &[f32],
-    rhs: &[f32],
-    shape: Shape,
-    accumulate: Accumulate,
-    threads: usize,
-) {
-    product_in(Registers::Widest, dst, lhs, rhs, shape, accumulate, threads);
-}
-
-/// [`product`] in the given `registers`.
-pub(crate) fn product_in(
-    registers: Registers,
     dst: &mut [f32],
     lhs: &[f32],
     rhs: &[f32],
@@ -74,13 +42,6 @@ pub(crate) fn product_in(
     // Within a task, column blocks outside, row blocks inside: a block of `rhs` (k × 16)
     // stays in the L1 cache while every row of the task goes by.
     let task = |(dst, lhs): (&mut [f32], &[f32])| {
-        #[cfg(target_arch = "x86_64")]
-        if registers == Registers::Widest {
-            let m = dst.len() / n;
-            if crate::wide::product(dst, lhs, rhs, Shape { m, k, n }, accumulate).is_some() {
-                return;
-            }
-        }
         let mut j = 0;
         while j < n {
             j += match n - j {

@@ -1,27 +1,25 @@
-//! [`small`](crate::small)'s product in AVX-512 registers, on CPUs that have them (checked
-//! once at run time; the build targets x86-64-v3).
+//! The products on CPUs with AVX-512 (checked once at run time; the build targets
+//! x86-64-v3), over weights laid out once in panels ([`Panels`]).
 //!
-//! Why by hand: the register blocks of `small` are arrays the compiler vectorises, and
-//! compiled for AVX-512 the same code ran ten times slower (LLVM made poor code of it); with
-//! `std::arch` each sum is one named register. Sixteen-lane multiply-adds do twice the work
-//! of AVX2's per instruction, and the Xeons that have them run two per cycle: a 1×1
-//! convolution over 16–64 channels went at about 60 GFLOP/s per core through the AVX2 loops
-//! while `gemm`'s AVX-512 kernel reached 150 on longer inner dimensions (docs/PERFORMANCE.md).
+//! Why by hand: the register blocks of [`small`](crate::small) are arrays the compiler
+//! vectorises, and compiled for AVX-512 the same code ran ten times slower (LLVM made poor
+//! code of it); with `std::arch` each sum is one named register. Sixteen-lane multiply-adds do
+//! twice the work of AVX2's per instruction, and the Xeons that have them run two per cycle.
+//! And `gemm`, the alternative, packs the weights again on every call.
 //!
 //! A register block is up to 24 sums: rows by one to four vectors of columns (64), enough
 //! independent multiply-adds to cover their latency on both units, while each step of the
 //! inner dimension loads the block's vectors of `rhs` and broadcasts one value per row of
 //! `lhs` (see [`rows`]). The `dst` columns past its right edge are masked off, so every width
-//! runs the same loops. On one core of
-//! the Ice Lake host this runs 1×1-convolution shapes at 100–160 GFLOP/s, 1.3–2.5× the AVX2
-//! loops and as fast as `gemm` or faster, except for inner dimensions of 500 and more
-//! (`time_small_products_and_gemm`).
+//! runs the same loops. On one core of the Ice Lake host (fastest of 200 runs,
+//! `time_small_products_and_gemm`) this runs the 1×1-convolution and patch shapes of the
+//! model families at 100–160 GFLOP/s, as fast as `gemm` within the host's noise or faster, up to
+//! 1.6× on a few rows with many columns (40×4608×512).
 
 use std::arch::x86_64::{
     __m512, __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
     _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
 };
-use std::cell::Cell;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -36,51 +34,92 @@ const INNER: usize = 128;
 /// Whether this CPU has AVX-512F, checked once.
 static AVAILABLE: LazyLock<bool> = LazyLock::new(|| is_x86_feature_detected!("avx512f"));
 
-thread_local! {
-    /// Each thread's copy of the `rhs` panel it multiplies by (see [`pack`]).
-    static PANEL: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-}
-
-/// Whether [`product`] can run here.
+/// Whether [`Panels`] can be made and multiplied by here.
 pub(crate) fn available() -> bool {
     *AVAILABLE
 }
 
-/// `dst (+)= lhs · rhs` on the calling thread, or `None` where the CPU lacks AVX-512 (the
-/// caller then runs its AVX2 loops). Slices are exactly `m·n`, `m·k` and `k·n` long.
+/// A `k × n` right-hand side laid out for [`product`], once: for each step of [`INNER`] rows,
+/// each column panel (see [`panels`]) as one contiguous block of those rows, zeros past
+/// column `n`.
 ///
-/// The inner dimension goes in steps of [`INNER`] and the columns in [`panels`] of up to
-/// [`VECTORS`] vectors; each panel of `rhs` is copied to a contiguous block first ([`pack`]) that
-/// every row of `lhs` then reads from the L1 cache.
-pub(crate) fn product(
-    dst: &mut [f32],
-    lhs: &[f32],
-    rhs: &[f32],
-    shape: Shape,
-    accumulate: Accumulate,
-) -> Option<()> {
-    if !available() {
-        return None;
+/// Why a copy: read in place, a panel's rows lie a row of `rhs` apart, 1 or 2 KiB for 256 or
+/// 512 columns, so they fall into a few sets of the L1 cache and evict each other. Copied,
+/// they are one block the size of the cache. Copied once, when the weights are loaded: made
+/// on every call, the copy cost 5–10 % of a network's time, as much as the product for the
+/// few rows of a late layer at batch 1.
+#[derive(Debug)]
+pub(crate) struct Panels {
+    k: usize,
+    n: usize,
+    /// The blocks: rows `first..first + steps` of panel `(j, vectors)` start at
+    /// `first · width + steps · j`, `width` being `n` rounded up to whole vectors.
+    values: Vec<f32>,
+}
+
+impl Panels {
+    /// `rhs` (`k × n`, row-major) in panels, or `None` where the CPU lacks AVX-512.
+    pub(crate) fn new(rhs: &[f32], k: usize, n: usize) -> Option<Self> {
+        if !available() {
+            return None;
+        }
+        assert_eq!(rhs.len(), k * n, "panels of a {k}×{n} matrix");
+        let width = n.div_ceil(16) * 16;
+        let mut values = vec![0.0; k * width];
+        for first in (0..k).step_by(INNER) {
+            let steps = INNER.min(k - first);
+            for (j, vectors) in panels(n) {
+                let stride = vectors * 16;
+                let used = stride.min(n - j);
+                let block = &mut values[first * width + steps * j..][..steps * stride];
+                let source = rhs[first * n..].chunks(n);
+                for (to, from) in block.chunks_exact_mut(stride).zip(source) {
+                    to[..used].copy_from_slice(&from[j..j + used]);
+                }
+            }
+        }
+        Some(Self { k, n, values })
     }
-    let Shape { m, k, n } = shape;
-    assert!(
-        dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n,
-        "wide product: slices do not match {m}×{k}×{n}"
-    );
-    let mut panel = PANEL.take();
+
+    /// How many column panels there are (what [`product`] may be given a range of).
+    pub(crate) fn count(&self) -> usize {
+        panels(self.n).count()
+    }
+}
+
+/// `dst (+)= lhs · rhs` for the columns of `rhs`'s panels `chosen` (indices into
+/// [`panels`]), on the calling thread. `lhs` is `m × k`; `dst` points at `m × n` values.
+///
+/// The inner dimension goes in steps of [`INNER`], and for each, one panel at a time: its
+/// block of `rhs` stays in the L1 cache while every row of `lhs` goes by.
+///
+/// # Safety
+/// `dst` is valid for reads and writes of `m · n` values, and nothing else reads or writes
+/// the columns of the `chosen` panels in them until this returns.
+pub(crate) unsafe fn product(
+    dst: *mut f32,
+    lhs: &[f32],
+    rhs: &Panels,
+    m: usize,
+    chosen: Range<usize>,
+    accumulate: Accumulate,
+) {
+    let Panels { k, n, ref values } = *rhs;
+    assert!(lhs.len() == m * k, "wide product: lhs is not {m}×{k}");
+    let width = n.div_ceil(16) * 16;
     for first in (0..k).step_by(INNER) {
-        let inner = first..(first + INNER).min(k);
+        let steps = INNER.min(k - first);
         let add = accumulate == Accumulate::Yes || first > 0;
-        for (j, vectors) in panels(n) {
-            pack(&mut panel, rhs, n, inner.clone(), j, vectors);
-            // SAFETY: the CPU has AVX-512F (checked above); the assert proves the slices
-            // hold what the shape says, `inner` lies in 0..k, `j` < n, and `pack` made
-            // `panel` `inner.len()` rows of `vectors` vectors.
-            unsafe { rows(dst, lhs, &panel, shape, inner.clone(), (j, vectors), add) };
+        let chunk = &values[first * width..][..steps * width];
+        for (j, vectors) in panels(n).take(chosen.end).skip(chosen.start) {
+            let panel = &chunk[steps * j..][..steps * vectors * 16];
+            let (shape, inner) = (Shape { m, k, n }, first..first + steps);
+            // SAFETY: `Panels` exist only where the CPU has AVX-512F; the caller vouches for
+            // `dst`, the assert for `lhs`, `inner` lies in 0..k, `j` < n, and `panel` is
+            // `steps` rows of `vectors` vectors.
+            unsafe { rows(dst, lhs, panel, shape, inner, (j, vectors), add) };
         }
     }
-    PANEL.set(panel);
-    Some(())
 }
 
 /// The column panels of `n` columns: `(first column, vectors)`, as even as whole vectors allow
@@ -101,30 +140,6 @@ fn panels(n: usize) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
-/// Copies rows `inner` of `rhs` (`n` columns), `vectors` vectors of columns from `j`, into
-/// `panel` as contiguous rows of `vectors · 16` values, zeros past column `n`.
-///
-/// Why a copy: read in place, a panel's rows lie a row of `rhs` apart, 1 or 2 KiB for 256 or
-/// 512 columns, so they fall into a few sets of the L1 cache and evict each other. Copied,
-/// they are one block the size of the cache.
-fn pack(
-    panel: &mut Vec<f32>,
-    rhs: &[f32],
-    n: usize,
-    inner: Range<usize>,
-    j: usize,
-    vectors: usize,
-) {
-    let stride = vectors * 16;
-    let width = stride.min(n - j);
-    panel.resize(inner.len() * stride, 0.0);
-    let source = rhs[inner.start * n..].chunks(n);
-    for (to, from) in panel.chunks_exact_mut(stride).zip(source) {
-        to[..width].copy_from_slice(&from[j..j + width]);
-        to[width..].fill(0.0);
-    }
-}
-
 /// The sums over `inner` of the panel of `vectors` vectors of columns from `j`, for every row
 /// of `dst`, added to what it holds when `add`, a register block of rows at a time.
 ///
@@ -135,11 +150,12 @@ fn pack(
 /// in blocks of 4 (or 3) and then one by one.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `dst` and `lhs` hold `m·n` and `m·k` values, `inner` lies within
-/// `0..k`, `j < n`, and `panel` holds `inner.len()` rows of `vectors` vectors.
+/// The CPU has AVX-512F; `dst` is valid for `m·n` values (the panel's columns of them not
+/// touched by anyone else meanwhile) and `lhs` holds `m·k`, `inner` lies within `0..k`,
+/// `j < n`, and `panel` holds `inner.len()` rows of `vectors` vectors.
 #[target_feature(enable = "avx512f")]
 unsafe fn rows(
-    dst: &mut [f32],
+    dst: *mut f32,
     lhs: &[f32],
     panel: &[f32],
     Shape { m, k, n }: Shape,
@@ -155,7 +171,7 @@ unsafe fn rows(
         // past n) and `panel`'s rows lie inside the slices; the caller vouches for AVX-512F.
         let at = unsafe {
             Block {
-                dst: dst.as_mut_ptr().add(i * n + j),
+                dst: dst.add(i * n + j),
                 lhs: lhs.as_ptr().add(i * k + inner.start),
                 panel: panel.as_ptr(),
                 steps: inner.len(),

@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::ops::Range;
 
-use matmul::{Accumulate, Shape};
+use matmul::Accumulate;
 use rayon::prelude::*;
 
 use super::buffers::{recycle, spare};
@@ -291,12 +291,7 @@ impl Run<'_> {
                         convolve(oy + i, out, false);
                     }
                     let weight = project.pointwise_weight().expect("checked by Chain::new");
-                    let shape = Shape {
-                        m: count * w,
-                        k: mid,
-                        n: cout,
-                    };
-                    matmul::matmul(dst, middle, weight, shape, self.accumulate, 1);
+                    weight.product(dst, middle, count * w, self.accumulate, 1);
                     project.finish(dst);
                 }
                 None => {
@@ -337,12 +332,7 @@ impl Run<'_> {
         let lhs =
             &self.x.data[(image * self.x.h + fresh.start) * in_line..][..fresh.len() * in_line];
         let weight = expand.pointwise_weight().expect("checked by Chain::new");
-        let shape = Shape {
-            m: fresh.len() * self.x.w,
-            k: cin,
-            n: mid,
-        };
-        matmul::matmul(dst, lhs, weight, shape, Accumulate::No, 1);
+        weight.product(dst, lhs, fresh.len() * self.x.w, Accumulate::No, 1);
         expand.finish(dst);
         needed
     }

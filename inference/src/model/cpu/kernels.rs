@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::ops::Range;
 
-use matmul::{Accumulate, Shape};
+use matmul::{Accumulate, Weights};
 use rayon::prelude::*;
 
 use super::buffers::{Buffer, spare};
@@ -370,7 +370,7 @@ impl Algorithm {
 enum Method {
     /// Gathered patch rows times the `[kh·kw·cin, cout]` weights, rows in (ky, kx, ci) order
     /// (the order of a gathered patch row).
-    Patches(Vec<f32>),
+    Patches(Weights),
     /// 3×3, stride 1, no dilation: Winograd F(2×2, 3×3).
     Winograd(Winograd),
     /// Grouped and depthwise convolutions, and dense ones over a few input channels:
@@ -418,7 +418,11 @@ impl Conv {
                 let [(top, _), (left, _)] = window.padding;
                 Method::Winograd(Winograd::new(weight, cout, cin, top, left))
             }
-            _ => Method::Patches(pack_for_patches(weight, [cout, cin, kh, kw])),
+            _ => Method::Patches(Weights::new(
+                pack_for_patches(weight, [cout, cin, kh, kw]),
+                kh * kw * cin,
+                cout,
+            )),
         };
         Self {
             method,
@@ -534,7 +538,7 @@ impl Conv {
 
     /// The `[cin, cout]` weights of a 1×1 convolution computed as one matrix product over
     /// the input map (stride 1, no padding): `None` for any other.
-    pub(super) fn pointwise_weight(&self) -> Option<&[f32]> {
+    pub(super) fn pointwise_weight(&self) -> Option<&Weights> {
         match &self.method {
             Method::Patches(weight) if self.is_pointwise() => Some(weight),
             _ => None,
@@ -564,7 +568,7 @@ impl Conv {
         &self,
         x: &Map,
         (h, w): (usize, usize),
-        weight: &[f32],
+        weight: &Weights,
         data: &mut [f32],
         accumulate: Accumulate,
     ) {
@@ -575,16 +579,11 @@ impl Conv {
         // rows).
         let block = |first: usize, dst: &mut [f32], threads: usize| {
             let count = dst.len() / self.cout;
-            let shape = Shape {
-                m: count,
-                k,
-                n: self.cout,
-            };
             // Rows per task when the gather and the epilogue are shared.
             let part = count.div_ceil(threads).max(1);
             if self.is_pointwise() {
                 let lhs = &x.data[first * k..(first + count) * k];
-                matmul::matmul(dst, lhs, weight, shape, accumulate, threads);
+                weight.product(dst, lhs, count, accumulate, threads);
             } else {
                 // Taken, not borrowed: a product on several threads may run another
                 // block on this one while it waits, which then gets a fresh buffer.
@@ -595,7 +594,7 @@ impl Conv {
                     .par_chunks_mut(part * k)
                     .enumerate()
                     .for_each(|(i, rows)| self.gather(x, (h, w), first + i * part, rows));
-                matmul::matmul(dst, patches, weight, shape, accumulate, threads);
+                weight.product(dst, patches, count, accumulate, threads);
                 PATCHES.set(buffer);
             }
             dst.par_chunks_mut(part * self.cout)
@@ -887,33 +886,18 @@ pub fn combine(a: &mut Map, b: &Map, op: impl Fn(f32, f32) -> f32 + Sync) -> Res
 }
 
 /// `x · weight + bias` for a `[inputs, outputs]` weight.
-pub fn linear(
-    x: &Vectors,
-    weight: &[f32],
-    bias: &[f32],
-    outputs: usize,
-) -> Result<Vectors, String> {
-    if x.f * outputs != weight.len() {
+pub fn linear(x: &Vectors, weight: &Weights, bias: &[f32]) -> Result<Vectors, String> {
+    if x.f != weight.inputs() {
         return Err(format!(
             "input has {} features, the weights expect {}",
             x.f,
-            weight.len() / outputs.max(1)
+            weight.inputs()
         ));
     }
+    let outputs = weight.outputs();
     let mut data = vec![0.0; x.n * outputs];
-    let shape = Shape {
-        m: x.n,
-        k: x.f,
-        n: outputs,
-    };
-    matmul::matmul(
-        &mut data,
-        &x.data,
-        weight,
-        shape,
-        Accumulate::No,
-        rayon::current_num_threads(),
-    );
+    let threads = rayon::current_num_threads();
+    weight.product(&mut data, &x.data, x.n, Accumulate::No, threads);
     for row in data.chunks_mut(outputs) {
         row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
     }

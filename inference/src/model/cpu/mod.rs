@@ -23,6 +23,7 @@ mod winograd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use matmul::Weights;
 use rayon::prelude::*;
 
 use super::graph::{Activation, GraphError, Normalized, Op, Schedule, Step, Wired, readers};
@@ -74,9 +75,8 @@ enum NativeOp {
     Flatten,
     Linear {
         /// `[inputs, outputs]`.
-        weight: Vec<f32>,
+        weight: Weights,
         bias: Vec<f32>,
-        outputs: usize,
     },
     Softmax,
     Identity,
@@ -352,14 +352,10 @@ impl Kernel {
                 Value::Map(m) => Value::Vector(Arc::new(Arc::unwrap_or_clone(m).flatten())),
                 vector => vector,
             },
-            NativeOp::Linear {
-                weight,
-                bias,
-                outputs,
-            } => {
+            NativeOp::Linear { weight, bias } => {
                 let x = self.vector(first)?;
                 Value::Vector(Arc::new(
-                    kernels::linear(&x, weight, bias, *outputs).map_err(|e| self.error(e))?,
+                    kernels::linear(&x, weight, bias).map_err(|e| self.error(e))?,
                 ))
             }
             NativeOp::Softmax => {
@@ -386,7 +382,7 @@ impl Kernel {
             NativeOp::Mul => "multiply".into(),
             NativeOp::Concat => "concat".into(),
             NativeOp::Flatten => "flatten".into(),
-            NativeOp::Linear { outputs, .. } => format!("linear ->{outputs}"),
+            NativeOp::Linear { weight, .. } => format!("linear ->{}", weight.outputs()),
             NativeOp::Softmax => "softmax".into(),
             NativeOp::Identity => "identity".into(),
         };
@@ -581,14 +577,13 @@ fn translate(step: &Step, sizes: &mut [Option<(usize, usize)>]) -> Result<Kernel
         Op::Concat => NativeOp::Concat,
         Op::Flatten => NativeOp::Flatten,
         Op::Linear { weight, bias } => {
-            let [_, outputs] = weight.dims();
+            let [inputs, outputs] = weight.dims();
             NativeOp::Linear {
-                weight: values(weight.to_data())?,
+                weight: Weights::new(values(weight.to_data())?, inputs, outputs),
                 bias: match bias {
                     Some(b) => values(b.to_data())?,
                     None => vec![0.0; outputs],
                 },
-                outputs,
             }
         }
         Op::Softmax => NativeOp::Softmax,

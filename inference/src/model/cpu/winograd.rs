@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 
-use matmul::{Accumulate, Shape};
+use matmul::{Accumulate, Weights};
 use rayon::prelude::*;
 
 use crate::model::graph::Activation;
@@ -26,8 +26,9 @@ const BLOCK_BYTES: usize = 1024 * 1024;
 /// A 3×3 stride-1 convolution's filters in the Winograd domain.
 #[derive(Debug)]
 pub struct Winograd {
-    /// `[16][cin][cout]`: `G g Gᵀ` for every (input, output) channel pair.
-    filters: Vec<f32>,
+    /// One `[cin, cout]` matrix per tile position: `G g Gᵀ` for every (input, output)
+    /// channel pair.
+    filters: Vec<Weights>,
     cin: usize,
     cout: usize,
     /// Padding before the first row and column.
@@ -69,6 +70,10 @@ impl Winograd {
                 }
             }
         }
+        let filters = filters
+            .chunks(cin * cout)
+            .map(|position| Weights::new(position.to_vec(), cin, cout))
+            .collect();
         Self {
             filters,
             cin,
@@ -167,16 +172,10 @@ impl Winograd {
     /// The 16 matrix products `M[p] = V[p] · U[p]`.
     fn multiply(&self, scratch: &mut Scratch, threads: usize) {
         let tiles = scratch.tiles;
-        let shape = Shape {
-            m: tiles,
-            k: self.cin,
-            n: self.cout,
-        };
         let products = scratch.product.chunks_mut(tiles * self.cout);
         let inputs = scratch.input.chunks(tiles * self.cin);
-        let filters = self.filters.chunks(self.cin * self.cout);
-        for ((product, input), filter) in products.zip(inputs).zip(filters) {
-            matmul::matmul(product, input, filter, shape, Accumulate::No, threads);
+        for ((product, input), filter) in products.zip(inputs).zip(&self.filters) {
+            filter.product(product, input, tiles, Accumulate::No, threads);
         }
     }
 
