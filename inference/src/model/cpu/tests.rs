@@ -347,7 +347,13 @@ fn a_convolution_refuses_a_map_with_the_wrong_channels() {
 
 #[test]
 fn pooling_matches_burn() {
-    let dims = [2, 6, 13, 11];
+    // Channels fewer than a vector, and two vectors and three left over.
+    for dims in [[2, 6, 13, 11], [1, 19, 9, 7]] {
+        pool_matches_burn(dims);
+    }
+}
+
+fn pool_matches_burn(dims: [usize; 4]) {
     let x = random(dims.iter().product(), 5);
     let map = Map::from_nchw(&x, dims);
     for (kernel, stride, padding, ceil) in [
