@@ -68,9 +68,23 @@ impl Weights {
     /// # Panics
     /// When `values` does not hold `k · n` values: a caller bug.
     pub fn new(values: Vec<f32>, k: usize, n: usize) -> Self {
+        Self::laid_out(values, k, n, k)
+    }
+
+    /// Weights that patch rows of `run`-value runs will be multiplied by, read in place from
+    /// a convolution's input ([`Weights::product_windows`]): `run` is the kernel's width
+    /// times its input channels, `k` a whole number of runs.
+    ///
+    /// # Panics
+    /// When `values` does not hold `k · n` values: a caller bug.
+    pub fn for_windows(values: Vec<f32>, k: usize, n: usize, run: usize) -> Self {
+        Self::laid_out(values, k, n, run)
+    }
+
+    fn laid_out(values: Vec<f32>, k: usize, n: usize, run: usize) -> Self {
         assert_eq!(values.len(), k * n, "weights of {k}×{n}");
         #[cfg(target_arch = "x86_64")]
-        if let Some(panels) = wide::Panels::new(&values, k, n) {
+        if let Some(panels) = wide::Panels::new(&values, k, n, run) {
             return Self {
                 k,
                 n,
@@ -142,6 +156,87 @@ impl Weights {
             Layout::Panels(panels) => by_panels(dst, lhs, panels, shape, accumulate, threads),
         }
     }
+
+    /// `dst (+)= rows · self` on the calling thread, for the patch rows `windows` describes
+    /// in `source` (a convolution's input), read where they lie: `dst` is `windows.rows × n`.
+    ///
+    /// Why in place: a 7×7 RGB stem's patch rows are 147 values gathered from 7 runs of 21,
+    /// and gathering them took two fifths of SqueezeNet's stem on one thread. Where the
+    /// weights cannot be read that way (no AVX-512, or not laid out by [`Weights::for_windows`]
+    /// for these runs), the rows are gathered and multiplied as usual.
+    ///
+    /// # Panics
+    /// When the runs are no whole patch row, or `source` or `dst` are too short: caller bugs.
+    pub fn product_windows(
+        &self,
+        dst: &mut [f32],
+        source: &[f32],
+        windows: Windows,
+        accumulate: Accumulate,
+    ) {
+        let Windows {
+            rows,
+            stride,
+            run,
+            gap,
+        } = windows;
+        let (k, n) = (self.k, self.n);
+        assert!(
+            run > 0 && k.is_multiple_of(run) && dst.len() >= rows * n,
+            "windows {windows:?} for {k}×{n} weights, dst {}",
+            dst.len()
+        );
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let dst = &mut dst[..rows * n];
+        #[cfg(target_arch = "x86_64")]
+        if let Layout::Panels(panels) = &self.layout
+            && panels.takes(run)
+        {
+            let lhs = wide::Lhs {
+                values: source,
+                stride,
+                run,
+                gap,
+            };
+            // SAFETY: `dst` is exactly `rows·n` values, uniquely borrowed for the call;
+            // `product` checks the runs against `source`.
+            unsafe {
+                wide::product(
+                    dst.as_mut_ptr(),
+                    lhs,
+                    panels,
+                    rows,
+                    0..panels.count(),
+                    accumulate,
+                )
+            };
+            return;
+        }
+        let mut gathered = Vec::with_capacity(rows * k);
+        for r in 0..rows {
+            for s in 0..k / run {
+                gathered.extend_from_slice(&source[r * stride + s * gap..][..run]);
+            }
+        }
+        self.product(dst, &gathered, rows, accumulate, 1);
+    }
+}
+
+/// Where the patch rows of a convolution lie in its input, for [`Weights::product_windows`]:
+/// `rows` rows (output pixels), row `r` being the runs `s` of `run` values starting at
+/// `r · stride + s · gap`, as many runs as the weights' `k` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Windows {
+    /// Rows (output pixels along a line).
+    pub rows: usize,
+    /// Values from one row's start to the next's (the stride times the input channels).
+    pub stride: usize,
+    /// Values per run (the kernel's width times the input channels).
+    pub run: usize,
+    /// Values from one run's start to the next's (an input line).
+    pub gap: usize,
 }
 
 /// The product on AVX-512: rows split between the tasks where there are more rows than
@@ -169,11 +264,21 @@ fn by_panels(
     };
     if tasks <= 1 {
         // SAFETY: `dst` is exactly `m·n` values, uniquely borrowed for the call.
-        unsafe { wide::product(dst.as_mut_ptr(), lhs, panels, m, 0..count, accumulate) };
+        unsafe {
+            wide::product(
+                dst.as_mut_ptr(),
+                dense(lhs, k),
+                panels,
+                m,
+                0..count,
+                accumulate,
+            )
+        };
     } else if by_rows {
         let rows = m.div_ceil(tasks);
         (dst.par_chunks_mut(rows * n).zip(lhs.par_chunks(rows * k))).for_each(|(dst, lhs)| {
             let m = dst.len() / n;
+            let lhs = dense(lhs, k);
             // SAFETY: each task's `dst` is its own `m·n` values, uniquely borrowed.
             unsafe { wide::product(dst.as_mut_ptr(), lhs, panels, m, 0..count, accumulate) };
         });
@@ -185,8 +290,19 @@ fn by_panels(
             // SAFETY: `dst` holds `m·n` values, uniquely borrowed by this function until every
             // task has finished (`for_each` returns only then); the tasks' panel ranges are
             // disjoint, so no two write the same columns, and none reads another's.
-            unsafe { wide::product(dst.at(0), lhs, panels, m, chosen, accumulate) };
+            unsafe { wide::product(dst.at(0), dense(lhs, k), panels, m, chosen, accumulate) };
         });
+    }
+}
+
+/// A row-major `lhs` of `k` columns, for [`wide::product`]: one run per row.
+#[cfg(target_arch = "x86_64")]
+fn dense(values: &[f32], k: usize) -> wide::Lhs<'_> {
+    wide::Lhs {
+        values,
+        stride: k,
+        run: k,
+        gap: 0,
     }
 }
 
@@ -420,6 +536,28 @@ mod tests {
         }
     }
 
+    /// `dst` against the textbook product `expected`, plus `start` (what `dst` held) when the
+    /// product was accumulated.
+    fn assert_product(
+        dst: &[f32],
+        expected: &[f32],
+        (accumulate, start): (Accumulate, f32),
+        what: &str,
+    ) {
+        let offset = if accumulate == Accumulate::Yes {
+            start
+        } else {
+            0.0
+        };
+        for (got, want) in dst.iter().zip(expected) {
+            let want = want + offset;
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{what} {accumulate:?}: {got} vs {want}"
+            );
+        }
+    }
+
     /// `product` against the textbook product on each of `shapes`, on each of `threads`,
     /// writing over NaN and adding to 2.0; inputs from seeds `seed` and `seed + 1`.
     fn check_writes_and_accumulates(
@@ -441,18 +579,8 @@ mod tests {
                     };
                     let mut dst = vec![start; m * n];
                     product(&mut dst, &lhs, &rhs, shape, accumulate, threads);
-                    let offset = if accumulate == Accumulate::Yes {
-                        2.0
-                    } else {
-                        0.0
-                    };
-                    for (got, want) in dst.iter().zip(&expected) {
-                        let want = want + offset;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{shape:?} {accumulate:?} threads {threads}: {got} vs {want}"
-                        );
-                    }
+                    let what = format!("{shape:?} threads {threads}");
+                    assert_product(&dst, &expected, (accumulate, 2.0), &what);
                 }
             }
         }
@@ -583,6 +711,47 @@ mod tests {
             layout(rhs.clone(), 4, 2).product(&mut dst, &lhs, 3, Accumulate::Yes, 1);
             for (got, want) in dst.iter().zip(naive(&lhs, &rhs, shape)) {
                 assert!((got - (want + 10.0)).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn patch_rows_read_in_place_match_the_product_of_the_gathered_rows() {
+        // (rows, stride, run, runs, gap, n): a 7×7/2 RGB stem (blocks of 6 runs, then 1), a
+        // 5×5 one (one block), runs of 48 (blocks of 2 runs, then 1).
+        for (rows, stride, run, runs, gap, n) in [
+            (109, 6, 21, 7, 672, 96),
+            (13, 3, 15, 5, 51, 10),
+            (7, 16, 48, 3, 200, 40),
+        ] {
+            let k = run * runs;
+            let source = values((rows - 1) * stride + (runs - 1) * gap + run, 11);
+            let gathered: Vec<f32> = (0..rows)
+                .flat_map(|r| (0..runs).map(move |s| r * stride + s * gap))
+                .flat_map(|at| source[at..at + run].to_vec())
+                .collect();
+            let rhs = values(k * n, 12);
+            let expected = naive(&gathered, &rhs, Shape { m: rows, k, n });
+            let windows = Windows {
+                rows,
+                stride,
+                run,
+                gap,
+            };
+            let layouts: [Box<dyn Fn() -> Weights>; 3] = [
+                Box::new(|| Weights::for_windows(rhs.clone(), k, n, run)),
+                Box::new(|| Weights::new(rhs.clone(), k, n)),
+                Box::new(|| Weights::row_major(rhs.clone(), k, n)),
+            ];
+            for (layout, accumulate) in layouts
+                .iter()
+                .flat_map(|l| [(l, Accumulate::No), (l, Accumulate::Yes)])
+            {
+                let weights = layout();
+                let mut dst = vec![1.5; rows * n];
+                weights.product_windows(&mut dst, &source, windows, accumulate);
+                let what = format!("{windows:?} {weights:?}");
+                assert_product(&dst, &expected, (accumulate, 1.5), &what);
             }
         }
     }

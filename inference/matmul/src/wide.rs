@@ -23,7 +23,7 @@ use std::arch::x86_64::{
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use crate::{Accumulate, Shape};
+use crate::Accumulate;
 
 /// Vectors of sixteen columns per register block at most (64 columns).
 const VECTORS: usize = 4;
@@ -52,22 +52,31 @@ pub(crate) fn available() -> bool {
 pub(crate) struct Panels {
     k: usize,
     n: usize,
+    /// Steps of the inner dimension per block: [`INNER`], or the most whole runs of a window
+    /// row that fit in it (see [`Lhs`]).
+    chunk: usize,
     /// The blocks: rows `first..first + steps` of panel `(j, vectors)` start at
     /// `first · width + steps · j`, `width` being `n` rounded up to whole vectors.
     values: Vec<f32>,
 }
 
 impl Panels {
-    /// `rhs` (`k × n`, row-major) in panels, or `None` where the CPU lacks AVX-512.
-    pub(crate) fn new(rhs: &[f32], k: usize, n: usize) -> Option<Self> {
+    /// `rhs` (`k × n`, row-major) in panels, or `None` where the CPU lacks AVX-512. With
+    /// `run` under [`INNER`] (a window row of a convolution read in place, see [`Lhs`]), each
+    /// block holds whole runs.
+    pub(crate) fn new(rhs: &[f32], k: usize, n: usize, run: usize) -> Option<Self> {
         if !available() {
             return None;
         }
         assert_eq!(rhs.len(), k * n, "panels of a {k}×{n} matrix");
+        let chunk = match run {
+            1..INNER if k.is_multiple_of(run) => INNER / run * run,
+            _ => INNER,
+        };
         let width = n.div_ceil(16) * 16;
         let mut values = vec![0.0; k * width];
-        for first in (0..k).step_by(INNER) {
-            let steps = INNER.min(k - first);
+        for first in (0..k).step_by(chunk) {
+            let steps = chunk.min(k - first);
             for (j, vectors) in panels(n) {
                 let stride = vectors * 16;
                 let used = stride.min(n - j);
@@ -78,7 +87,18 @@ impl Panels {
                 }
             }
         }
-        Some(Self { k, n, values })
+        Some(Self {
+            k,
+            n,
+            chunk,
+            values,
+        })
+    }
+
+    /// Whether [`product`] can read `lhs` rows of runs `run` long: whole rows, or runs that
+    /// the blocks hold whole.
+    pub(crate) fn takes(&self, run: usize) -> bool {
+        run == self.k || (run > 0 && self.k.is_multiple_of(run) && self.chunk.is_multiple_of(run))
     }
 
     /// How many column panels there are (what [`product`] may be given a range of).
@@ -87,39 +107,91 @@ impl Panels {
     }
 }
 
+/// Where the rows of `lhs` lie in `values`: row `r` is `k / run` runs of `run` values, run `s`
+/// starting at `r · stride + s · gap`. A matrix is one run per row (`run` = `stride` = `k`);
+/// the patch rows of a convolution read in place from its input are one run per kernel row
+/// (`run` = kernel width × channels, `gap` = an input line, `stride` = the stride × channels).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lhs<'a> {
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub run: usize,
+    pub gap: usize,
+}
+
 /// `dst (+)= lhs · rhs` for the columns of `rhs`'s panels `chosen` (indices into
-/// [`panels`]), on the calling thread. `lhs` is `m × k`; `dst` points at `m × n` values.
+/// [`panels`]), on the calling thread, for `m` rows of `lhs`; `dst` points at `m × n` values.
 ///
-/// The inner dimension goes in steps of [`INNER`], and for each, one panel at a time: its
-/// block of `rhs` stays in the L1 cache while every row of `lhs` goes by.
+/// The inner dimension goes in blocks (see [`Panels`]), and for each, one panel at a time:
+/// its block of `rhs` stays in the L1 cache while every row of `lhs` goes by.
 ///
 /// # Safety
 /// `dst` is valid for reads and writes of `m · n` values, and nothing else reads or writes
 /// the columns of the `chosen` panels in them until this returns.
 pub(crate) unsafe fn product(
     dst: *mut f32,
-    lhs: &[f32],
+    lhs: Lhs<'_>,
     rhs: &Panels,
     m: usize,
     chosen: Range<usize>,
     accumulate: Accumulate,
 ) {
-    let Panels { k, n, ref values } = *rhs;
-    assert!(lhs.len() == m * k, "wide product: lhs is not {m}×{k}");
+    let Panels {
+        k,
+        n,
+        chunk,
+        ref values,
+    } = *rhs;
+    let Lhs {
+        stride, run, gap, ..
+    } = lhs;
+    assert!(
+        rhs.takes(run),
+        "wide product: runs of {run} in blocks of {chunk}"
+    );
+    let extent = (m.max(1) - 1) * stride + (k / run - 1) * gap + run;
+    assert!(
+        m == 0 || lhs.values.len() >= extent,
+        "wide product: lhs holds {} values, its {m} rows reach {extent}",
+        lhs.values.len()
+    );
     let width = n.div_ceil(16) * 16;
-    for first in (0..k).step_by(INNER) {
-        let steps = INNER.min(k - first);
+    for first in (0..k).step_by(chunk) {
+        let steps = chunk.min(k - first);
         let add = accumulate == Accumulate::Yes || first > 0;
-        let chunk = &values[first * width..][..steps * width];
+        let block = &values[first * width..][..steps * width];
+        // One run per row of the block for a matrix, whole runs otherwise (`takes`).
+        let (offset, runs, run) = if run == k {
+            (first, 1, steps)
+        } else {
+            (first / run * gap, steps / run, run)
+        };
         for (j, vectors) in panels(n).take(chosen.end).skip(chosen.start) {
-            let panel = &chunk[steps * j..][..steps * vectors * 16];
-            let (shape, inner) = (Shape { m, k, n }, first..first + steps);
+            let panel = &block[steps * j..][..steps * vectors * 16];
+            let at = Chunk {
+                lhs: &lhs.values[offset.min(lhs.values.len())..],
+                stride,
+                runs,
+                run,
+                gap,
+            };
             // SAFETY: `Panels` exist only where the CPU has AVX-512F; the caller vouches for
-            // `dst`, the assert for `lhs`, `inner` lies in 0..k, `j` < n, and `panel` is
-            // `steps` rows of `vectors` vectors.
-            unsafe { rows(dst, lhs, panel, shape, inner, (j, vectors), add) };
+            // `dst`, the asserts for the rows' runs within `lhs`, `j` < n, and `panel` is
+            // `runs · run` rows of `vectors` vectors.
+            unsafe { rows(dst, at, panel, (m, n), (j, vectors), add) };
         }
     }
+}
+
+/// One block's steps of `lhs`'s rows: `runs` runs of `run` values, `gap` apart, from row
+/// starts `stride` apart.
+#[derive(Clone, Copy)]
+struct Chunk<'a> {
+    lhs: &'a [f32],
+    stride: usize,
+    runs: usize,
+    run: usize,
+    gap: usize,
 }
 
 /// The column panels of `n` columns: `(first column, vectors)`, as even as whole vectors allow
@@ -151,15 +223,14 @@ fn panels(n: usize) -> impl Iterator<Item = (usize, usize)> {
 ///
 /// # Safety
 /// The CPU has AVX-512F; `dst` is valid for `m·n` values (the panel's columns of them not
-/// touched by anyone else meanwhile) and `lhs` holds `m·k`, `inner` lies within `0..k`,
-/// `j < n`, and `panel` holds `inner.len()` rows of `vectors` vectors.
+/// touched by anyone else meanwhile), `lhs` holds the runs of `m` rows, `j < n`, and `panel`
+/// holds `runs · run` rows of `vectors` vectors.
 #[target_feature(enable = "avx512f")]
 unsafe fn rows(
     dst: *mut f32,
-    lhs: &[f32],
+    lhs: Chunk<'_>,
     panel: &[f32],
-    Shape { m, k, n }: Shape,
-    inner: Range<usize>,
+    (m, n): (usize, usize),
     (j, vectors): (usize, usize),
     add: bool,
 ) {
@@ -172,10 +243,12 @@ unsafe fn rows(
         let at = unsafe {
             Block {
                 dst: dst.add(i * n + j),
-                lhs: lhs.as_ptr().add(i * k + inner.start),
+                lhs: lhs.lhs.as_ptr().add(i * lhs.stride),
                 panel: panel.as_ptr(),
-                steps: inner.len(),
-                k,
+                runs: lhs.runs,
+                run: lhs.run,
+                gap: lhs.gap,
+                stride: lhs.stride,
                 n,
                 masks,
                 add,
@@ -215,10 +288,13 @@ struct Block {
     dst: *mut f32,
     lhs: *const f32,
     panel: *const f32,
-    /// Steps of the inner dimension summed here.
-    steps: usize,
+    /// The steps of the inner dimension summed here: `runs` runs of `run` values of each row
+    /// of `lhs`, `gap` apart.
+    runs: usize,
+    run: usize,
+    gap: usize,
     /// Row strides of `lhs` and of `dst`.
-    k: usize,
+    stride: usize,
     n: usize,
     masks: [__mmask16; VECTORS],
     add: bool,
@@ -229,9 +305,9 @@ impl Block {
     /// the block's steps of the inner dimension. Returns `R`.
     ///
     /// # Safety
-    /// AVX-512F; `R` rows of `steps` values from `lhs` (row stride `k`), `steps` rows of `V`
-    /// vectors in the panel and `R` rows of `dst` (row stride `n`) in every lane `masks` enables are in
-    /// bounds.
+    /// AVX-512F; the runs of `R` rows of `lhs` (row stride `stride`), `runs · run` rows of
+    /// `V` vectors in the panel and `R` rows of `dst` (row stride `n`) in every lane `masks`
+    /// enables are in bounds.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn run<const R: usize, const V: usize>(&self) -> usize {
@@ -239,8 +315,10 @@ impl Block {
             dst,
             lhs,
             panel,
-            steps,
-            k,
+            runs,
+            run,
+            gap,
+            stride,
             n,
             masks,
             add,
@@ -257,15 +335,20 @@ impl Block {
                 }
             }
         }
-        for p in 0..steps {
-            // SAFETY: row p < steps of the panel, vector v < V, its width.
-            let w: [__m512; V] =
-                std::array::from_fn(|v| unsafe { _mm512_loadu_ps(panel.add(p * V * 16 + v * 16)) });
-            for (r, sum) in sums.iter_mut().enumerate() {
-                // SAFETY: row r < R of `lhs`, step p < steps of its block.
-                let a = _mm512_set1_ps(unsafe { *lhs.add(r * k + p) });
-                for (sum, w) in sum.iter_mut().zip(w) {
-                    *sum = _mm512_fmadd_ps(a, w, *sum);
+        for s in 0..runs {
+            // SAFETY: run s < runs of each row, and its rows of the panel.
+            let (lhs, panel) = unsafe { (lhs.add(s * gap), panel.add(s * run * V * 16)) };
+            for p in 0..run {
+                // SAFETY: row p < run of the run's panel rows, vector v < V, its width.
+                let w: [__m512; V] = std::array::from_fn(|v| unsafe {
+                    _mm512_loadu_ps(panel.add(p * V * 16 + v * 16))
+                });
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: row r < R of `lhs`, value p < run of its run s.
+                    let a = _mm512_set1_ps(unsafe { *lhs.add(r * stride + p) });
+                    for (sum, w) in sum.iter_mut().zip(w) {
+                        *sum = _mm512_fmadd_ps(a, w, *sum);
+                    }
                 }
             }
         }

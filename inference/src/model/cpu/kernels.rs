@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::ops::Range;
 
-use matmul::{Accumulate, Weights};
+use matmul::{Accumulate, Weights, Windows};
 use rayon::prelude::*;
 
 use super::buffers::{Buffer, spare};
@@ -328,7 +328,7 @@ const MAX_ROWS: usize = 256;
 /// short for a matrix product to pay for gathering them.
 const DIRECT_MAX_CIN: usize = 4;
 /// A 3×3 stem's patch rows (27 values) are too short for a product to pay; a 7×7 stem's (147:
-/// ResNet, SqueezeNet 1.0) are long enough. Measured on the Intel host, one thread, the
+/// ResNet, SqueezeNet 1.0) are long enough, and go as [`Method::Windows`]. Measured on the Intel host, one thread, the
 /// fastest of 30 (docs/PERFORMANCE.md): 7×7/2 3→96 at batch 1 4.4 ms by patches against 6.3
 /// directly, at batch 4 17.3 against 25.4; 3→64 2.9 against 3.4; a 3×3/2 3→16 stem 0.35 ms
 /// directly against 0.66 by patches.
@@ -371,6 +371,10 @@ enum Method {
     /// Gathered patch rows times the `[kh·kw·cin, cout]` weights, rows in (ky, kx, ci) order
     /// (the order of a gathered patch row).
     Patches(Weights),
+    /// Dense convolutions over a few input channels (an RGB stem) too wide to compute
+    /// directly: patch rows read in place from the input, times the weights laid out for
+    /// their runs (one kernel row each).
+    Windows(Weights),
     /// 3×3, stride 1, no dilation: Winograd F(2×2, 3×3).
     Winograd(Winograd),
     /// Grouped and depthwise convolutions, and dense ones over a few input channels:
@@ -414,6 +418,14 @@ impl Conv {
             {
                 Method::Direct(Direct::new(weight, [cout, cin_per_group, kh, kw], groups))
             }
+            _ if cin <= DIRECT_MAX_CIN && window.dilation == [1, 1] => {
+                Method::Windows(Weights::for_windows(
+                    pack_for_patches(weight, [cout, cin, kh, kw]),
+                    kh * kw * cin,
+                    cout,
+                    kw * cin,
+                ))
+            }
             Algorithm::Winograd if Algorithm::winograd_fits(&window) => {
                 let [(top, _), (left, _)] = window.padding;
                 Method::Winograd(Winograd::new(weight, cout, cin, top, left))
@@ -440,6 +452,7 @@ impl Conv {
         let method = match &self.method {
             Method::Patches(_) if self.is_pointwise() => "matmul".to_string(),
             Method::Patches(_) => "patches".to_string(),
+            Method::Windows(_) => "windows".to_string(),
             Method::Winograd(_) => "winograd".to_string(),
             Method::Direct(direct) => direct.describe(),
         };
@@ -470,6 +483,7 @@ impl Conv {
         let (mut data, accumulate) = self.output(x.n, (h, w), residual)?;
         match &self.method {
             Method::Patches(weight) => self.by_patches(x, (h, w), weight, &mut data, accumulate),
+            Method::Windows(weight) => self.by_windows(x, (h, w), weight, &mut data, accumulate),
             Method::Winograd(winograd) => {
                 let finish = Finish {
                     bias: &self.bias,
@@ -609,6 +623,44 @@ impl Conv {
         }
     }
 
+    /// Each output line's patch rows read in place from the input (see
+    /// [`Weights::product_windows`]), from a copy with the padding written out when the window
+    /// has any, then bias and activation; lines shared by the threads.
+    fn by_windows(
+        &self,
+        x: &Map,
+        (h, w): (usize, usize),
+        weight: &Weights,
+        data: &mut [f32],
+        accumulate: Accumulate,
+    ) {
+        let cin = self.cin;
+        let ([_, kw], [sy, sx]) = (self.window.kernel, self.window.stride);
+        let [(top, bottom), (left, right)] = self.window.padding;
+        let (ph, pw) = (x.h + top + bottom, x.w + left + right);
+        let padded;
+        let input = if (top, bottom, left, right) == (0, 0, 0, 0) {
+            &x.data[..]
+        } else {
+            padded = pad(x, [(top, bottom), (left, right)]);
+            &padded[..]
+        };
+        let windows = Windows {
+            rows: w,
+            stride: sx * cin,
+            run: kw * cin,
+            gap: pw * cin,
+        };
+        data.par_chunks_mut(w * self.cout)
+            .enumerate()
+            .for_each(|(line, out)| {
+                let (image, oy) = (line / h, line % h);
+                let first = (image * ph + oy * sy) * pw * cin;
+                weight.product_windows(out, &input[first..], windows, accumulate);
+                self.finish(out);
+            });
+    }
+
     /// Values in one patch row: every kernel tap's input channels.
     fn patch_len(&self) -> usize {
         self.window.kernel[0] * self.window.kernel[1] * self.cin
@@ -688,6 +740,20 @@ pub fn concat(maps: &[&Map]) -> Result<Map, String> {
         c,
         data,
     })
+}
+
+/// `x` with `padding` (before and after its lines, before and after each line) written out
+/// as zeros.
+fn pad(x: &Map, [(top, bottom), (left, right)]: [(usize, usize); 2]) -> Vec<f32> {
+    let (ph, pw) = (x.h + top + bottom, x.w + left + right);
+    let line = x.w * x.c;
+    let mut padded = vec![0.0; x.n * ph * pw * x.c];
+    for (index, from) in x.data.chunks_exact(line).enumerate() {
+        let (image, y) = (index / x.h, index % x.h);
+        let at = ((image * ph + top + y) * pw + left) * x.c;
+        padded[at..at + line].copy_from_slice(from);
+    }
+    padded
 }
 
 /// `[cout, cin, kh, kw]` weights as the `[kh·kw·cin, cout]` matrix patch rows multiply.

@@ -138,6 +138,9 @@ fn convolutions_match_burn() {
     let cases = [
         // ResNet stem: 7×7 stride 2 pad 3 on three channels.
         ("stem", [2, 3, 23, 23], [16, 3, 7, 7], [2, 2], [(3, 3), (3, 3)], [1, 1]),
+        // SqueezeNet's (no padding, 96 channels), and a 5×5 stem padded unevenly.
+        ("stem valid", [1, 3, 29, 31], [96, 3, 7, 7], [2, 2], [(0, 0), (0, 0)], [1, 1]),
+        ("stem 5x5", [2, 3, 12, 11], [10, 3, 5, 5], [1, 2], [(2, 1), (0, 2)], [1, 1]),
         // Bottleneck 1×1 (the direct path) and 3×3.
         ("1x1", [3, 32, 9, 9], [24, 32, 1, 1], [1, 1], [(0, 0), (0, 0)], [1, 1]),
         ("3x3", [2, 16, 14, 14], [64, 16, 3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
