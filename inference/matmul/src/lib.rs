@@ -68,23 +68,9 @@ impl Weights {
     /// # Panics
     /// When `values` does not hold `k · n` values: a caller bug.
     pub fn new(values: Vec<f32>, k: usize, n: usize) -> Self {
-        Self::laid_out(values, k, n, k)
-    }
-
-    /// Weights that patch rows of `run`-value runs will be multiplied by, read in place from
-    /// a convolution's input ([`Weights::product_windows`]): `run` is the kernel's width
-    /// times its input channels, `k` a whole number of runs.
-    ///
-    /// # Panics
-    /// When `values` does not hold `k · n` values: a caller bug.
-    pub fn for_windows(values: Vec<f32>, k: usize, n: usize, run: usize) -> Self {
-        Self::laid_out(values, k, n, run)
-    }
-
-    fn laid_out(values: Vec<f32>, k: usize, n: usize, run: usize) -> Self {
         assert_eq!(values.len(), k * n, "weights of {k}×{n}");
         #[cfg(target_arch = "x86_64")]
-        if let Some(panels) = wide::Panels::new(&values, k, n, run) {
+        if let Some(panels) = wide::Panels::new(&values, k, n, k) {
             return Self {
                 k,
                 n,
@@ -92,6 +78,32 @@ impl Weights {
             };
         }
         Self::row_major(values, k, n)
+    }
+
+    /// Weights that patch rows of `run`-value runs will be multiplied by, read in place from
+    /// a convolution's input ([`Weights::product_windows`]): `run` is the kernel's width
+    /// times its input channels, `k` a whole number of runs. `None` where they cannot be read
+    /// that way (no AVX-512, or runs too long for a block of the loops): the caller gathers
+    /// its patch rows then, for [`Weights::new`]'s weights.
+    ///
+    /// # Panics
+    /// When `values` does not hold `k · n` values: a caller bug.
+    pub fn for_windows(values: &[f32], k: usize, n: usize, run: usize) -> Option<Self> {
+        assert_eq!(values.len(), k * n, "weights of {k}×{n}");
+        #[cfg(target_arch = "x86_64")]
+        return wide::Panels::new(values, k, n, run)
+            .filter(|panels| run > 0 && panels.takes(run))
+            .map(|panels| Self {
+                k,
+                n,
+                layout: Layout::Panels(panels),
+            });
+        // Only `wide` reads rows in place.
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = run;
+            return None;
+        }
     }
 
     /// Kept row-major whatever the CPU: the loops CPUs without AVX-512 run, which tests
@@ -161,12 +173,11 @@ impl Weights {
     /// in `source` (a convolution's input), read where they lie: `dst` is `windows.rows × n`.
     ///
     /// Why in place: a 7×7 RGB stem's patch rows are 147 values gathered from 7 runs of 21,
-    /// and gathering them took two fifths of SqueezeNet's stem on one thread. Where the
-    /// weights cannot be read that way (no AVX-512, or not laid out by [`Weights::for_windows`]
-    /// for these runs), the rows are gathered and multiplied as usual.
+    /// and gathering them took two fifths of SqueezeNet's stem on one thread.
     ///
     /// # Panics
-    /// When the runs are no whole patch row, or `source` or `dst` are too short: caller bugs.
+    /// When the weights were not laid out by [`Weights::for_windows`] for these runs, or
+    /// `source` or `dst` are too short: caller bugs.
     pub fn product_windows(
         &self,
         dst: &mut [f32],
@@ -180,47 +191,39 @@ impl Weights {
             run,
             gap,
         } = windows;
-        let (k, n) = (self.k, self.n);
+        let n = self.n;
         assert!(
-            run > 0 && k.is_multiple_of(run) && dst.len() >= rows * n,
-            "windows {windows:?} for {k}×{n} weights, dst {}",
+            dst.len() >= rows * n,
+            "windows {windows:?}: dst {} values for {n} columns",
             dst.len()
         );
-        if rows == 0 || n == 0 {
-            return;
-        }
-        let dst = &mut dst[..rows * n];
-        #[cfg(target_arch = "x86_64")]
-        if let Layout::Panels(panels) = &self.layout
-            && panels.takes(run)
-        {
-            let lhs = wide::Lhs {
-                values: source,
-                stride,
-                run,
-                gap,
-            };
-            // SAFETY: `dst` is exactly `rows·n` values, uniquely borrowed for the call;
-            // `product` checks the runs against `source`.
-            unsafe {
-                wide::product(
-                    dst.as_mut_ptr(),
-                    lhs,
-                    panels,
-                    rows,
-                    0..panels.count(),
-                    accumulate,
-                )
-            };
-            return;
-        }
-        let mut gathered = Vec::with_capacity(rows * k);
-        for r in 0..rows {
-            for s in 0..k / run {
-                gathered.extend_from_slice(&source[r * stride + s * gap..][..run]);
+        match &self.layout {
+            #[cfg(target_arch = "x86_64")]
+            Layout::Panels(panels) if run > 0 && panels.takes(run) => {
+                if rows == 0 || n == 0 {
+                    return;
+                }
+                let lhs = wide::Lhs {
+                    values: source,
+                    stride,
+                    run,
+                    gap,
+                };
+                // SAFETY: `dst` holds at least `rows·n` values, uniquely borrowed for the
+                // call; `product` checks the runs against `source`.
+                unsafe {
+                    wide::product(
+                        dst.as_mut_ptr(),
+                        lhs,
+                        panels,
+                        rows,
+                        0..panels.count(),
+                        accumulate,
+                    )
+                };
             }
+            _ => panic!("windows {windows:?}: {self:?} were not laid out for runs of {run}"),
         }
-        self.product(dst, &gathered, rows, accumulate, 1);
     }
 }
 
@@ -738,22 +741,32 @@ mod tests {
                 run,
                 gap,
             };
-            let layouts: [Box<dyn Fn() -> Weights>; 3] = [
-                Box::new(|| Weights::for_windows(rhs.clone(), k, n, run)),
-                Box::new(|| Weights::new(rhs.clone(), k, n)),
-                Box::new(|| Weights::row_major(rhs.clone(), k, n)),
-            ];
-            for (layout, accumulate) in layouts
-                .iter()
-                .flat_map(|l| [(l, Accumulate::No), (l, Accumulate::Yes)])
-            {
-                let weights = layout();
+            let Some(weights) = Weights::for_windows(&rhs, k, n, run) else {
+                // Gathered by the caller instead; only a CPU without AVX-512 says so.
+                #[cfg(target_arch = "x86_64")]
+                assert!(!wide::available(), "{windows:?} refused with AVX-512");
+                continue;
+            };
+            for accumulate in [Accumulate::No, Accumulate::Yes] {
                 let mut dst = vec![1.5; rows * n];
                 weights.product_windows(&mut dst, &source, windows, accumulate);
                 let what = format!("{windows:?} {weights:?}");
                 assert_product(&dst, &expected, (accumulate, 1.5), &what);
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "were not laid out for runs of 21")]
+    fn patch_rows_are_refused_by_weights_not_laid_out_for_their_runs() {
+        let windows = Windows {
+            rows: 2,
+            stride: 6,
+            run: 21,
+            gap: 60,
+        };
+        let weights = Weights::new(vec![0.5; 147 * 8], 147, 8);
+        weights.product_windows(&mut [0.0; 16], &[1.0; 400], windows, Accumulate::No);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Panels {
             1..INNER if k.is_multiple_of(run) => INNER / run * run,
             _ => INNER,
         };
-        let width = n.div_ceil(16) * 16;
+        let width = width(n);
         let mut values = vec![0.0; k * width];
         for first in (0..k).step_by(chunk) {
             let steps = chunk.min(k - first);
@@ -155,7 +155,7 @@ pub(crate) unsafe fn product(
         "wide product: lhs holds {} values, its {m} rows reach {extent}",
         lhs.values.len()
     );
-    let width = n.div_ceil(16) * 16;
+    let width = width(n);
     for first in (0..k).step_by(chunk) {
         let steps = chunk.min(k - first);
         let add = accumulate == Accumulate::Yes || first > 0;
@@ -194,6 +194,11 @@ struct Chunk<'a> {
     gap: usize,
 }
 
+/// `n` columns rounded up to whole vectors: the panels' width together.
+fn width(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
 /// The column panels of `n` columns: `(first column, vectors)`, as even as whole vectors allow
 /// and none over [`VECTORS`] wide.
 ///
@@ -212,8 +217,8 @@ fn panels(n: usize) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
-/// The sums over `inner` of the panel of `vectors` vectors of columns from `j`, for every row
-/// of `dst`, added to what it holds when `add`, a register block of rows at a time.
+/// The sums over one block of the inner dimension (`lhs`'s runs) of the panel of `vectors`
+/// vectors of columns from `j`, for every row of `dst`, added to what it holds when `add`, a register block of rows at a time.
 ///
 /// A block holds 24 sums where it can (of the 32 registers, the rest hold the panel's vectors
 /// and the broadcast value): 6 rows by 4 vectors, 8 by 3, 12 by 2; enough independent

@@ -328,8 +328,8 @@ const MAX_ROWS: usize = 256;
 /// short for a matrix product to pay for gathering them.
 const DIRECT_MAX_CIN: usize = 4;
 /// A 3×3 stem's patch rows (27 values) are too short for a product to pay; a 7×7 stem's (147:
-/// ResNet, SqueezeNet 1.0) are long enough, and go as [`Method::Windows`]. Measured on the Intel host, one thread, the
-/// fastest of 30 (docs/PERFORMANCE.md): 7×7/2 3→96 at batch 1 4.4 ms by patches against 6.3
+/// ResNet, SqueezeNet 1.0) are long enough, and go as [`Method::Windows`] where the CPU can
+/// read them in place. Measured on the Intel host, one thread, the fastest of 30 (docs/PERFORMANCE.md): 7×7/2 3→96 at batch 1 4.4 ms by patches against 6.3
 /// directly, at batch 4 17.3 against 25.4; 3→64 2.9 against 3.4; a 3×3/2 3→16 stem 0.35 ms
 /// directly against 0.66 by patches.
 const DIRECT_MAX_PATCH: usize = 64;
@@ -418,23 +418,19 @@ impl Conv {
             {
                 Method::Direct(Direct::new(weight, [cout, cin_per_group, kh, kw], groups))
             }
-            _ if cin <= DIRECT_MAX_CIN && window.dilation == [1, 1] => {
-                Method::Windows(Weights::for_windows(
-                    pack_for_patches(weight, [cout, cin, kh, kw]),
-                    kh * kw * cin,
-                    cout,
-                    kw * cin,
-                ))
-            }
             Algorithm::Winograd if Algorithm::winograd_fits(&window) => {
                 let [(top, _), (left, _)] = window.padding;
                 Method::Winograd(Winograd::new(weight, cout, cin, top, left))
             }
-            _ => Method::Patches(Weights::new(
-                pack_for_patches(weight, [cout, cin, kh, kw]),
-                kh * kw * cin,
-                cout,
-            )),
+            _ => {
+                let packed = pack_for_patches(weight, [cout, cin, kh, kw]);
+                let (k, run) = (kh * kw * cin, kw * cin);
+                let in_place = cin <= DIRECT_MAX_CIN && window.dilation == [1, 1];
+                match in_place.then(|| Weights::for_windows(&packed, k, cout, run)) {
+                    Some(Some(weights)) => Method::Windows(weights),
+                    _ => Method::Patches(Weights::new(packed, k, cout)),
+                }
+            }
         };
         Self {
             method,
