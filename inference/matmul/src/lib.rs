@@ -7,9 +7,11 @@
 //! ([`small`], `few_rows`), the rest through the `gemm` crate (what burn's CPU backend
 //! multiplies with), whose entry point takes raw pointers and strides. Every slice is checked
 //! against the shapes before any pointer is used.
+//!
+//! Its products and the kernels' loops share the threads through [`parallel`], whose waiting
+//! thread spins instead of sleeping (and which needs `unsafe` to lend its stack to the pool).
 
-use rayon::prelude::*;
-
+pub mod parallel;
 mod small;
 #[cfg(target_arch = "x86_64")]
 mod wide;
@@ -279,16 +281,17 @@ fn by_panels(
         };
     } else if by_rows {
         let rows = m.div_ceil(tasks);
-        (dst.par_chunks_mut(rows * n).zip(lhs.par_chunks(rows * k))).for_each(|(dst, lhs)| {
+        parallel::for_each_chunk(dst, rows * n, |task, dst| {
             let m = dst.len() / n;
-            let lhs = dense(lhs, k);
+            let lhs = dense(&lhs[task * rows * k..][..m * k], k);
             // SAFETY: each task's `dst` is its own `m·n` values, uniquely borrowed.
             unsafe { wide::product(dst.as_mut_ptr(), lhs, panels, m, 0..count, accumulate) };
         });
     } else {
         let dst = Columns(dst.as_mut_ptr());
         let part = count.div_ceil(tasks);
-        (0..count).into_par_iter().step_by(part).for_each(|first| {
+        parallel::for_each(count.div_ceil(part), |task| {
+            let first = task * part;
             let chosen = first..(first + part).min(count);
             // SAFETY: `dst` holds `m·n` values, uniquely borrowed by this function until every
             // task has finished (`for_each` returns only then); the tasks' panel ranges are
@@ -387,7 +390,7 @@ fn by_gemm(
     if width >= n {
         run(0);
     } else {
-        (0..n).into_par_iter().step_by(width).for_each(run);
+        parallel::for_each(n.div_ceil(width), |task| run(task * width));
     }
 }
 
@@ -435,7 +438,7 @@ fn few_rows(
     let partials: Vec<Vec<f32>> = if tasks == 1 {
         vec![partial(0)]
     } else {
-        (0..k).into_par_iter().step_by(part).map(partial).collect()
+        parallel::map(k.div_ceil(part), |task| partial(task * part))
     };
     if accumulate == Accumulate::No {
         dst.fill(0.0);

@@ -8,8 +8,6 @@
 //! (8 AVX registers) while `k` steps each load one row piece of `rhs` and broadcast one value
 //! per row of `lhs`. A CPU with AVX-512 runs [`wide`](crate::wide)'s loops instead.
 
-use rayon::prelude::*;
-
 use crate::{Accumulate, Shape};
 
 /// Rows of `lhs` per register block.
@@ -58,9 +56,10 @@ pub(crate) fn product(
     if threads <= 1 || rows >= m {
         task((dst, lhs));
     } else {
-        (dst.par_chunks_mut(rows * n))
-            .zip(lhs.par_chunks(rows * k))
-            .for_each(task);
+        crate::parallel::for_each_chunk(dst, rows * n, |index, dst| {
+            let lhs = &lhs[index * rows * k..][..dst.len() / n * k];
+            task((dst, lhs));
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::ops::Range;
 
 use matmul::Accumulate;
-use rayon::prelude::*;
+use matmul::parallel::for_each_chunk;
 
 use super::buffers::{recycle, spare};
 use super::direct::{Direct, Layout};
@@ -146,15 +146,11 @@ impl Chain {
             accumulate,
             copied,
         };
-        data.par_chunks_mut(h * w * cout)
-            .enumerate()
-            .for_each(|(image, maps)| {
-                maps.par_chunks_mut(blocks.run_lines * w * cout)
-                    .enumerate()
-                    .for_each(|(part, dst)| {
-                        run.lines(image, part * blocks.run_lines, dst, blocks.lines);
-                    });
+        for_each_chunk(&mut data, h * w * cout, |image, maps| {
+            for_each_chunk(maps, blocks.run_lines * w * cout, |part, dst| {
+                run.lines(image, part * blocks.run_lines, dst, blocks.lines);
             });
+        });
         Ok(Map {
             n: x.n,
             h,

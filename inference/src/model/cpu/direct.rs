@@ -21,7 +21,7 @@
 //! unrolled one, and is gone.
 
 use matmul::Accumulate;
-use rayon::prelude::*;
+use matmul::parallel::for_each_chunk;
 use std::cell::Cell;
 
 use super::kernels::{Map, Window, grow};
@@ -89,12 +89,10 @@ impl Direct {
     ) {
         let layout = Layout::new(window, x.w, x.c, w);
         let from_output = accumulate == Accumulate::Yes;
-        data.par_chunks_mut(w * self.groups * self.cog)
-            .enumerate()
-            .for_each(|(line, out)| {
-                let rows = layout.rows(window, x, line / h, line % h);
-                self.line(&layout, &rows, out, from_output, &finish);
-            });
+        for_each_chunk(data, w * self.groups * self.cog, |line, out| {
+            let rows = layout.rows(window, x, line / h, line % h);
+            self.line(&layout, &rows, out, from_output, &finish);
+        });
     }
 
     /// Whether each output channel is its input channel convolved alone.

@@ -9,8 +9,8 @@
 use std::cell::Cell;
 use std::ops::Range;
 
+use matmul::parallel::for_each_chunk;
 use matmul::{Accumulate, Weights, Windows};
-use rayon::prelude::*;
 
 use super::buffers::{Buffer, spare};
 use super::direct::Direct;
@@ -40,15 +40,14 @@ impl Map {
     /// Reorders an `[N, C, H, W]` batch (burn's and ONNX's layout) to channels last.
     pub fn from_nchw(data: &[f32], [n, c, h, w]: [usize; 4]) -> Self {
         let mut out = spare(data.len());
-        out.par_chunks_mut(h * w * c)
-            .zip(data.par_chunks(c * h * w))
-            .for_each(|(image, planes)| {
-                for (ch, plane) in planes.chunks(h * w).enumerate() {
-                    for (pixel, &value) in plane.iter().enumerate() {
-                        image[pixel * c + ch] = value;
-                    }
+        for_each_chunk(&mut out, h * w * c, |index, image| {
+            let planes = &data[index * c * h * w..][..c * h * w];
+            for (ch, plane) in planes.chunks(h * w).enumerate() {
+                for (pixel, &value) in plane.iter().enumerate() {
+                    image[pixel * c + ch] = value;
                 }
-            });
+            }
+        });
         Self {
             n,
             h,
@@ -600,21 +599,18 @@ impl Conv {
                 let mut buffer = PATCHES.take();
                 grow(&mut buffer, count * k);
                 let patches = &mut buffer[..count * k];
-                patches
-                    .par_chunks_mut(part * k)
-                    .enumerate()
-                    .for_each(|(i, rows)| self.gather(x, (h, w), first + i * part, rows));
+                for_each_chunk(patches, part * k, |i, rows| {
+                    self.gather(x, (h, w), first + i * part, rows)
+                });
                 weight.product(dst, patches, count, accumulate, threads);
                 PATCHES.set(buffer);
             }
-            dst.par_chunks_mut(part * self.cout)
-                .for_each(|rows| self.finish(rows));
+            for_each_chunk(dst, part * self.cout, |_, rows| self.finish(rows));
         };
         match Tiles::new(data.len() / self.cout, k, self.cout, threads) {
-            Tiles::Rows(rows) => data
-                .par_chunks_mut(rows * self.cout)
-                .enumerate()
-                .for_each(|(index, dst)| block(index * rows, dst, 1)),
+            Tiles::Rows(rows) => for_each_chunk(data, rows * self.cout, |index, dst| {
+                block(index * rows, dst, 1)
+            }),
             Tiles::Shared => block(0, data, threads),
         }
     }
@@ -647,14 +643,12 @@ impl Conv {
             run: kw * cin,
             gap: pw * cin,
         };
-        data.par_chunks_mut(w * self.cout)
-            .enumerate()
-            .for_each(|(line, out)| {
-                let (image, oy) = (line / h, line % h);
-                let first = (image * ph + oy * sy) * pw * cin;
-                weight.product_windows(out, &input[first..], windows, accumulate);
-                self.finish(out);
-            });
+        for_each_chunk(data, w * self.cout, |line, out| {
+            let (image, oy) = (line / h, line % h);
+            let first = (image * ph + oy * sy) * pw * cin;
+            weight.product_windows(out, &input[first..], windows, accumulate);
+            self.finish(out);
+        });
     }
 
     /// Values in one patch row: every kernel tap's input channels.
@@ -722,7 +716,7 @@ pub fn concat(maps: &[&Map]) -> Result<Map, String> {
     let c: usize = maps.iter().map(|m| m.c).sum();
     let pixels = first.n * first.h * first.w;
     let mut data = spare(pixels * c);
-    data.par_chunks_mut(c).enumerate().for_each(|(pixel, out)| {
+    for_each_chunk(&mut data, c, |pixel, out| {
         let mut at = 0;
         for map in maps {
             out[at..at + map.c].copy_from_slice(&map.data[pixel * map.c..(pixel + 1) * map.c]);
@@ -812,42 +806,40 @@ pub fn pool(x: &Map, window: &Window, kind: PoolKind) -> Result<Map, String> {
     let (h, w) = window.output(x.h, x.w)?;
     let c = x.c;
     let mut data = spare(x.n * h * w * c);
-    data.par_chunks_mut(w * c)
-        .enumerate()
-        .for_each(|(line, out)| {
-            let (image, oy) = (line / h, line % h);
-            for (ox, cell) in out.chunks_mut(c).enumerate() {
-                cell.fill(match kind {
-                    PoolKind::Max => f32::NEG_INFINITY,
-                    PoolKind::Average { .. } => 0.0,
-                });
-                let mut count = 0usize;
-                for iy in window.taps(0, oy, x.h).flatten() {
-                    for ix in window.taps(1, ox, x.w).flatten() {
-                        let at = ((image * x.h + iy) * x.w + ix) * c;
-                        let pixel = &x.data[at..at + c];
-                        match kind {
-                            PoolKind::Max => {
-                                cell.iter_mut().zip(pixel).for_each(|(o, v)| *o = o.max(*v))
-                            }
-                            PoolKind::Average { .. } => {
-                                cell.iter_mut().zip(pixel).for_each(|(o, v)| *o += v)
-                            }
+    for_each_chunk(&mut data, w * c, |line, out| {
+        let (image, oy) = (line / h, line % h);
+        for (ox, cell) in out.chunks_mut(c).enumerate() {
+            cell.fill(match kind {
+                PoolKind::Max => f32::NEG_INFINITY,
+                PoolKind::Average { .. } => 0.0,
+            });
+            let mut count = 0usize;
+            for iy in window.taps(0, oy, x.h).flatten() {
+                for ix in window.taps(1, ox, x.w).flatten() {
+                    let at = ((image * x.h + iy) * x.w + ix) * c;
+                    let pixel = &x.data[at..at + c];
+                    match kind {
+                        PoolKind::Max => {
+                            cell.iter_mut().zip(pixel).for_each(|(o, v)| *o = o.max(*v))
                         }
-                        count += 1;
+                        PoolKind::Average { .. } => {
+                            cell.iter_mut().zip(pixel).for_each(|(o, v)| *o += v)
+                        }
                     }
-                }
-                if let PoolKind::Average { count_padding } = kind {
-                    let divisor = if count_padding {
-                        window.kernel[0] * window.kernel[1]
-                    } else {
-                        count.max(1)
-                    };
-                    let scale = 1.0 / divisor as f32;
-                    cell.iter_mut().for_each(|o| *o *= scale);
+                    count += 1;
                 }
             }
-        });
+            if let PoolKind::Average { count_padding } = kind {
+                let divisor = if count_padding {
+                    window.kernel[0] * window.kernel[1]
+                } else {
+                    count.max(1)
+                };
+                let scale = 1.0 / divisor as f32;
+                cell.iter_mut().for_each(|o| *o *= scale);
+            }
+        }
+    });
     Ok(Map {
         n: x.n,
         h,
@@ -879,7 +871,7 @@ pub fn channel_norm(x: &mut Map, scale: &[f32], shift: &[f32], epsilon: f32) -> 
         ));
     }
     let per_task = (4096 / c).max(1) * c;
-    x.data.par_chunks_mut(per_task).for_each(|pixels| {
+    for_each_chunk(&mut x.data, per_task, |_, pixels| {
         for pixel in pixels.chunks_mut(c) {
             let mean = pixel.iter().sum::<f32>() / c as f32;
             let variance = pixel.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
@@ -917,27 +909,24 @@ pub fn combine(a: &mut Map, b: &Map, op: impl Fn(f32, f32) -> f32 + Sync) -> Res
     // Values per task: per-element tasks would cost more than the work.
     const CHUNK: usize = 1 << 14;
     if a.same_shape(b) {
-        a.data
-            .par_chunks_mut(CHUNK)
-            .zip(b.data.par_chunks(CHUNK))
-            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x = op(*x, *y)));
+        for_each_chunk(&mut a.data, CHUNK, |index, x| {
+            let y = &b.data[index * CHUNK..];
+            x.iter_mut().zip(y).for_each(|(x, y)| *x = op(*x, *y))
+        });
         return Ok(());
     }
     if (b.n, b.h, b.w, b.c) == (a.n, 1, 1, a.c) {
         // One line of pixels per task, so that a single image is shared by the threads too.
         let (h, c) = (a.h, a.c);
-        a.data
-            .par_chunks_mut(a.w * c)
-            .enumerate()
-            .for_each(|(line, pixels)| {
-                let scale = &b.data[line / h * c..][..c];
-                for pixel in pixels.chunks_exact_mut(c) {
-                    pixel
-                        .iter_mut()
-                        .zip(scale)
-                        .for_each(|(x, y)| *x = op(*x, *y));
-                }
-            });
+        for_each_chunk(&mut a.data, a.w * c, |line, pixels| {
+            let scale = &b.data[line / h * c..][..c];
+            for pixel in pixels.chunks_exact_mut(c) {
+                pixel
+                    .iter_mut()
+                    .zip(scale)
+                    .for_each(|(x, y)| *x = op(*x, *y));
+            }
+        });
         return Ok(());
     }
     Err(format!(

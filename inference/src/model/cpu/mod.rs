@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use matmul::Weights;
-use rayon::prelude::*;
 
 use super::graph::{Activation, GraphError, Normalized, Op, Schedule, Step, Wired, readers};
 use chain::{Chain, Shortcut};
@@ -156,7 +155,8 @@ impl Plan {
         };
         let parts: Vec<_> = if self.parts_per_thread {
             let slice = slice_images(n, rayon::current_num_threads());
-            input.par_chunks(slice * c * h * w).map(run).collect()
+            let parts: Vec<&[f32]> = input.chunks(slice * c * h * w).collect();
+            matmul::parallel::map(parts.len(), |part| run(parts[part]))
         } else {
             input.chunks(SLICE_IMAGES * c * h * w).map(run).collect()
         };
@@ -214,23 +214,10 @@ fn with_threads_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 /// thread was asleep when most layers forked. Woken, it started a few µs later on a core
 /// whose caches had gone cold in the meantime: the first layer of MobileNetV3-Large ran no
 /// faster on two threads than on one. ONNX Runtime's threads spin between operators the same
-/// way. The spinning ends with the pass; every 64 empty polls it lets the OS run other threads
-/// (the server's own, on a 2-core machine).
+/// way. The spinning ends with the pass (and lets the OS run other threads now and then, see
+/// [`matmul::parallel::wait_until`]).
 fn keep_busy(done: &AtomicBool) {
-    let mut idle = 0u32;
-    while !done.load(Ordering::Acquire) {
-        match rayon::yield_now() {
-            Some(rayon::Yield::Executed) => idle = 0,
-            Some(rayon::Yield::Idle) | None => {
-                idle += 1;
-                if idle.is_multiple_of(64) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        }
-    }
+    matmul::parallel::wait_until(|| done.load(Ordering::Acquire));
 }
 
 /// Sets its flag when dropped: when the pass returns, or unwinds from a panic, so that the

@@ -10,8 +10,8 @@
 
 use std::cell::Cell;
 
+use matmul::parallel::for_each_chunk;
 use matmul::{Accumulate, Weights};
-use rayon::prelude::*;
 
 use crate::model::graph::Activation;
 
@@ -97,25 +97,21 @@ impl Winograd {
         };
         // One image per chunk, then blocks of whole tile rows (2 output rows each, the last
         // block of an odd-height map 1 row short): every block owns a contiguous run of `out`.
-        out.par_chunks_mut(h * w * self.cout)
-            .enumerate()
-            .for_each(|(image, maps)| {
-                maps.par_chunks_mut(2 * tile_rows * w * self.cout)
-                    .enumerate()
-                    .for_each(|(block, rows)| {
-                        let first_row = block * 2 * tile_rows;
-                        let output_rows = rows.len() / (w * self.cout);
-                        let tiles = output_rows.div_ceil(2) * tiles_across;
-                        // Taken, not borrowed: a product on several threads may run another
-                        // block on this one while it waits, which then gets a fresh buffer.
-                        let mut scratch = SCRATCH.take();
-                        scratch.prepare(tiles, self.cin, self.cout);
-                        self.transform_input(x, image, first_row, tiles_across, &mut scratch);
-                        self.multiply(&mut scratch, threads);
-                        self.transform_output(&mut scratch, rows, w, tiles_across, finish);
-                        SCRATCH.set(scratch);
-                    });
+        for_each_chunk(out, h * w * self.cout, |image, maps| {
+            for_each_chunk(maps, 2 * tile_rows * w * self.cout, |block, rows| {
+                let first_row = block * 2 * tile_rows;
+                let output_rows = rows.len() / (w * self.cout);
+                let tiles = output_rows.div_ceil(2) * tiles_across;
+                // Taken, not borrowed: a product on several threads may run another
+                // block on this one while it waits, which then gets a fresh buffer.
+                let mut scratch = SCRATCH.take();
+                scratch.prepare(tiles, self.cin, self.cout);
+                self.transform_input(x, image, first_row, tiles_across, &mut scratch);
+                self.multiply(&mut scratch, threads);
+                self.transform_output(&mut scratch, rows, w, tiles_across, finish);
+                SCRATCH.set(scratch);
             });
+        });
     }
 
     /// `V = Bᵀ d B` for each tile of the block, stored `[16][tile][cin]`, a whole channel
