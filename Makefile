@@ -67,20 +67,19 @@ fmt: ## format the code
 	cargo fmt --all
 
 .PHONY: lint
-lint: ## formatting check and clippy with warnings as errors
+lint: ## formatting check and clippy with warnings as errors, the wgpu and cuda backends' code included
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
-
-.PHONY: check-features
-check-features: ## the wgpu and cuda backends compile
-	cargo check -p inference --features wgpu
-	# cubecl-cuda's build script downloads an LLVM bundle; DOCS_RS=1 skips that download, which
-	# is enough to type-check our CUDA code path on a machine without internet (no linking).
-	DOCS_RS=1 cargo check -p inference --features cuda
+	# One check of every crate with both GPU features on: a second feature set would check burn
+	# and its dependencies again (minutes on 2 cores). cubecl-cuda's build script downloads an
+	# LLVM bundle; DOCS_RS=1 skips that download, which is enough to type-check (no linking) the
+	# CUDA code path on a machine without internet. No other build script here reads DOCS_RS.
+	DOCS_RS=1 cargo clippy --workspace --all-targets --features inference/wgpu,inference/cuda -- -D warnings
 
 .PHONY: test
-test: deps lint check-features ## everything CI checks: fmt, clippy, GPU feature builds, all tests, the local stack, the e2e on the local cluster (root)
-	cargo test --workspace --all-targets
+test: deps lint ## everything CI checks: fmt, clippy (GPU backends included), all tests, the local stack, the e2e on the local cluster (root)
+	# Release builds, tests included: the e2e's images need release binaries, and one profile
+	# compiles burn and the other dependencies once instead of twice (25 min each, cold).
+	cargo test --release --workspace --all-targets
 	shellcheck e2e/*.sh e2e/cluster/*.sh dispatcher/bench/*.sh loadgen/bench/*.sh inference/scripts/*.sh
 	$(MAKE) local-test
 	$(MAKE) e2e-local
@@ -93,14 +92,13 @@ local: ## the whole data path as local processes: Prometheus, 3 inference server
 	BIN=$(RELEASE_BIN) MODELS=$(MODELS) e2e/local-stack.sh
 
 .PHONY: local-test
-local-test: ## the local stack with debug binaries and a random-weight ResNet50 (part of make test)
-	# The binaries `cargo test` builds (same features as the tests, so nothing is rebuilt).
-	cargo test --workspace --all-targets --no-run
+local-test: ## the local stack with the release binaries and a random-weight ResNet50 (part of make test)
+	# The binaries `cargo test --release` builds (same features as the tests, so nothing is rebuilt).
+	cargo test --release --workspace --all-targets --no-run
 	@test -f $(E2E_MODELS)/resnet50.json || { mkdir -p $(E2E_MODELS) \
 	  && $(PYTHON) inference/scripts/make_resnet_onnx.py --arch resnet50 --out $(E2E_MODELS)/resnet50.onnx \
-	  && $(CARGO_TARGET_DIR)/debug/inference import $(E2E_MODELS)/resnet50.onnx --name resnet50 --labels imagenet; }
-	# 2 requests/s: about two thirds of what three debug-build ResNet50 servers serve on 2 cores.
-	RATE=2 BIN=$(CARGO_TARGET_DIR)/debug MODELS=$(E2E_MODELS) e2e/local-stack.sh
+	  && $(RELEASE_BIN)/inference import $(E2E_MODELS)/resnet50.onnx --name resnet50 --labels imagenet; }
+	BIN=$(RELEASE_BIN) MODELS=$(E2E_MODELS) e2e/local-stack.sh
 
 .PHONY: model
 model: ## fetch + import pretrained ResNet50 into $(MODELS)/, checked on real photos (OFFLINE=1: random weights, no internet)

@@ -5,7 +5,7 @@
 # dispatcher. Then it checks, with real kubectl against the adapter, what the HPA would see.
 #
 #   e2e/local-stack.sh                  # `make local`: release binaries, models/ from `make model`
-#   BIN=target/debug MODELS=dir e2e/local-stack.sh   # what `make test` runs
+#   MODELS=dir e2e/local-stack.sh       # what `make test` runs (a random-weight ResNet50)
 #
 # Environment: BIN (folder with inference, dispatcher, metrics-adapter, loadgen; default
 # $CARGO_TARGET_DIR/release), MODELS (default models), RATE (requests/s, default 4),
