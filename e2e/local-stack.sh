@@ -128,7 +128,7 @@ pids+=("$loadgen_pid")
 
 # What each inference server has itself counted (first attempts, any status), one total per
 # server: the ground truth the adapter's per-pod rates are checked against. Not the offered
-# rate: on a busy machine three debug-build ResNet50 servers serve less than loadgen offers
+# rate: on a busy machine three ResNet50 servers may serve less than loadgen offers
 # (the dispatcher queues the rest), and the adapter must report what they served.
 served() {
   for port in "${inference_ports[@]}"; do
